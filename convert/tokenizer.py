@@ -1,0 +1,266 @@
+"""The tokenizer half of a GGUF file: every `tokenizer.*` key, read from the source's own files.
+
+Reads `tokenizer.json` / `tokenizer_config.json` (and `config.json` for fallback ids) directly; no
+transformers, no repository code. The llama.cpp pre-tokenizer name is chosen from the tokenizer's
+own pre-tokenizer definition (its split regexes and byte-level step), looked up in
+`PRE_TOKENIZERS`, not from a hash of some library's output.
+
+Value types follow the converter's metadata convention: `int` → uint32, `float` → float32,
+`bool` → bool, `str` → string, `list[str]` → string array, `list[int]` → int32 array
+(`tokenizer.ggml.token_type` is the only int array).
+
+BOS rule (what the source tokenizer does when it encodes a plain text):
+1. `tokenizer_config.json` `add_bos_token`, when present, decides. Transformers' Llama tokenizer
+   classes (which DeepSeek's configs name) rebuild the post-processor from this flag; the
+   DeepSeek-V3/R1 tokenizer.json has no BOS in its post-processor yet the model is trained and
+   served with BOS, and its config says `add_bos_token: true`.
+2. Otherwise a `TemplateProcessing` post-processor whose single-sequence template starts with
+   the BOS token means BOS is added (R1-Distill-Qwen, Llama 3).
+3. Otherwise no BOS. `add_eos_token` follows the same rule with the template's last piece.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgeds.errors import ConversionError
+
+# llama.cpp token types (include/llama.h, llama_token_type).
+TOKEN_NORMAL = 1
+TOKEN_CONTROL = 3
+TOKEN_USER_DEFINED = 4
+TOKEN_UNUSED = 5
+
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_DEEPSEEK_V3_SPLITS = (
+    r"\p{N}{1,3}",
+    "[一-龥぀-ゟ゠-ヿ]+",
+    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+"
+    "| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+)
+_DEEPSEEK_LLM_SPLITS = (
+    "[\r\n]",
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
+    "\\s+$",
+    "[一-龥ࠀ-一가-퟿]+",
+    "\\p{N}+",
+)
+
+
+def _splits_then_bytes(*regexes: str) -> tuple[tuple[object, ...], ...]:
+    """The canonical form of `Sequence[Split(regex, Isolated)..., ByteLevel(no regex)]`."""
+    return tuple(("split", rx, "Isolated", False) for rx in regexes) + (("byte_level", False, False),)
+
+
+# Recognised pre-tokenizer definitions (canonical form, see `_canonical_pre`) → tokenizer.ggml.pre.
+# The name selects llama.cpp's runtime splitting rules; an unlisted definition is refused.
+PRE_TOKENIZERS: dict[tuple[tuple[object, ...], ...], str] = {
+    # DeepSeek-R1-Distill-Qwen, R1-0528-Qwen3 (Qwen2's split; llama.cpp runs it as qwen2)
+    _splits_then_bytes(_QWEN2_SPLIT): "deepseek-r1-qwen",
+    # Meta Llama 3 (R1-Distill-Llama)
+    _splits_then_bytes(_LLAMA3_SPLIT): "llama-bpe",
+    # DeepSeek-V3, V3-0324, R1, R1-0528
+    _splits_then_bytes(*_DEEPSEEK_V3_SPLITS): "deepseek-v3",
+    # DeepSeek LLM / V2 / V2-Lite: the split list llama.cpp implements for `deepseek-llm`
+    # (no V2 tokenizer.json is available here to check it against)
+    _splits_then_bytes(*_DEEPSEEK_LLM_SPLITS): "deepseek-llm",
+}
+
+
+def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
+    if not path.is_file():
+        if required:
+            raise ConversionError(f"{path}: missing; the tokenizer needs it (a BPE tokenizer.json)")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConversionError(f"{path}: unreadable ({err})") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path}: expected a JSON object")
+    return data
+
+
+def _canonical_pre(pre: Any) -> tuple[tuple[object, ...], ...] | None:
+    """Reduce a tokenizer.json pre_tokenizer to the parts that decide how text is split."""
+    if not isinstance(pre, dict):
+        return None
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    out: list[tuple[object, ...]] = []
+    for step in steps or []:
+        kind = step.get("type")
+        if kind == "Split":
+            pattern = step.get("pattern", {})
+            if "Regex" not in pattern:
+                return None
+            out.append(("split", pattern["Regex"], step.get("behavior"), bool(step.get("invert"))))
+        elif kind == "ByteLevel":
+            out.append(("byte_level", bool(step.get("add_prefix_space")), bool(step.get("use_regex", True))))
+        else:
+            return None
+    return tuple(out)
+
+
+def _normalizer_is_identity(normalizer: Any) -> bool:
+    if normalizer is None:
+        return True
+    return normalizer.get("type") == "Sequence" and not normalizer.get("normalizers")
+
+
+def _token_content(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _post_template_adds(post: Any, bos_or_eos: str, token: str | None) -> bool | None:
+    """Whether a TemplateProcessing post-processor puts `token` first (bos) / last (eos)."""
+    if token is None or not isinstance(post, dict):
+        return None
+    processors = post.get("processors", []) if post.get("type") == "Sequence" else [post]
+    for proc in processors:
+        if proc.get("type") != "TemplateProcessing":
+            continue
+        single = proc.get("single") or []
+        piece = single[0] if bos_or_eos == "bos" else single[-1] if single else None
+        special = (piece or {}).get("SpecialToken")
+        return bool(special) and special.get("id") == token
+    return None
+
+
+class _Source:
+    """The parsed tokenizer files of one model folder."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.path = model_dir / "tokenizer.json"
+        self.tok = _read_json(self.path, required=True)
+        self.cfg_path = model_dir / "tokenizer_config.json"
+        self.cfg = _read_json(self.cfg_path, required=False)
+        self.model_cfg = _read_json(model_dir / "config.json", required=False)
+        self.model_dir = model_dir
+        model = self.tok.get("model")
+        if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+            raise ConversionError(f"{self.path}: not a BPE tokenizer (model.type must be 'BPE')")
+        if model.get("byte_fallback"):
+            raise ConversionError(f"{self.path}: byte_fallback BPE (sentencepiece-style) is not supported")
+        self.model = model
+        self.added: list[dict[str, Any]] = list(self.tok.get("added_tokens") or [])
+        self.ids: dict[str, int] = dict(model["vocab"])
+        for tok in self.added:
+            self.ids[tok["content"]] = tok["id"]
+
+    def token_id(self, kind: str) -> int | None:
+        content = _token_content(self.cfg.get(f"{kind}_token"))
+        if content is not None:
+            if content not in self.ids:
+                raise ConversionError(f"{self.cfg_path}: {kind}_token {content!r} is not in {self.path.name}")
+            return self.ids[content]
+        fallback = self.model_cfg.get(f"{kind}_token_id")
+        return fallback if isinstance(fallback, int) else None
+
+    def adds(self, kind: str) -> bool:
+        flag = self.cfg.get(f"add_{kind}_token")
+        if isinstance(flag, bool):
+            return flag
+        token = _token_content(self.cfg.get(f"{kind}_token"))
+        return bool(_post_template_adds(self.tok.get("post_processor"), kind, token))
+
+    def pre_name(self) -> str:
+        if not _normalizer_is_identity(self.tok.get("normalizer")):
+            raise ConversionError(f"{self.path}: a text normalizer is not supported by llama.cpp's BPE")
+        canonical = _canonical_pre(self.tok.get("pre_tokenizer"))
+        name = PRE_TOKENIZERS.get(canonical) if canonical else None
+        if name is None:
+            raise ConversionError(
+                f"{self.path}: unrecognised pre-tokenizer definition; known: {', '.join(sorted(set(PRE_TOKENIZERS.values())))}"
+            )
+        return name
+
+
+def _merges(source: _Source) -> list[str]:
+    merges = source.model.get("merges") or []
+    return [m if isinstance(m, str) else " ".join(m) for m in merges]
+
+
+def _chat_template(source: _Source) -> str | None:
+    template = source.cfg.get("chat_template")
+    if isinstance(template, list):  # [{name, template}, ...]: the default one goes in the main key
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if isinstance(template, str):
+        return template
+    jinja = source.model_dir / "chat_template.jinja"
+    return jinja.read_text(encoding="utf-8") if jinja.is_file() else None
+
+
+def vocab_metadata(model_dir: Path, vocab_size: int | None) -> dict[str, object]:
+    """Every `tokenizer.*` GGUF key for the model in `model_dir`.
+
+    The vocabulary is padded with `[PAD{i}]` tokens (type unused) up to `vocab_size`, the
+    config's embedding rows; `None` means no padding.
+    """
+    model_dir = Path(model_dir)
+    source = _Source(model_dir)
+    pre = source.pre_name()
+    by_id: dict[int, tuple[str, int]] = {i: (text, TOKEN_NORMAL) for text, i in source.model["vocab"].items()}
+    for tok in source.added:
+        kind = TOKEN_CONTROL if tok.get("special") else TOKEN_USER_DEFINED
+        by_id[tok["id"]] = (tok["content"], kind)
+    size = max(by_id) + 1
+    if vocab_size is not None:
+        if vocab_size < size:
+            raise ConversionError(
+                f"{source.path}: token id {size - 1} does not fit the config's vocab_size {vocab_size}"
+            )
+        size = vocab_size
+    tokens: list[str] = []
+    types: list[int] = []
+    for i in range(size):
+        text, kind = by_id.get(i, (f"[PAD{i}]", TOKEN_UNUSED))
+        tokens.append(text)
+        types.append(kind)
+
+    meta: dict[str, object] = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.merges": _merges(source),
+    }
+    for kind, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"),
+                      ("pad", "padding_token_id")):
+        token_id = source.token_id(kind)
+        if token_id is not None:
+            meta[f"tokenizer.ggml.{key}"] = token_id
+    meta["tokenizer.ggml.add_bos_token"] = source.adds("bos")
+    meta["tokenizer.ggml.add_eos_token"] = source.adds("eos")
+    template = _chat_template(source)
+    if template is not None:
+        meta["tokenizer.chat_template"] = template
+    return meta
+
+
+def reference_ids(model_dir: Path, text: str) -> list[int]:
+    """The ids the source tokenizer gives for `text`, with BOS/EOS as the model expects them."""
+    from tokenizers import Tokenizer
+
+    source = _Source(Path(model_dir))
+    try:
+        tokenizer = Tokenizer.from_str(json.dumps(source.tok))
+    except Exception as err:  # tokenizers raises a bare Exception on a malformed definition
+        raise ConversionError(f"{source.path}: the tokenizers library cannot load it ({err})") from None
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    if source.adds("bos") and (bos := source.token_id("bos")) is not None:
+        ids = [bos, *ids]
+    if source.adds("eos") and (eos := source.token_id("eos")) is not None:
+        ids = [*ids, eos]
+    return ids

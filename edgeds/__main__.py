@@ -1,0 +1,3 @@
+from edgeds.cli import main
+
+main()

@@ -1,0 +1,3 @@
+"""`edgeds batch` (placeholder until its issue lands)."""
+
+from edgeds.cli._app import app  # noqa: F401

@@ -1,0 +1,3 @@
+"""`edgeds evaluate` (placeholder until its issue lands)."""
+
+from edgeds.cli._app import app  # noqa: F401

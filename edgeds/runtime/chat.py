@@ -1,0 +1,93 @@
+"""Chat prompts: the GGUF's own Jinja template, rendered in a sandbox, and DeepSeek's rules.
+
+- Reasoning never goes back to the model: assistant turns carry their answer only
+  (DeepSeek's template and API require it).
+- R1-family models take no system prompt; one given is folded into the first user turn.
+- A template whose generation prompt ends in `<think>\\n` has opened the think block itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
+from jinja2 import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from edgeds.errors import EdgedsError
+
+THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
+
+# Used when a GGUF has no template at all.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    opens_think: bool  # the prompt ends inside an opened <think> block
+
+
+def is_reasoning_template(template: str | None) -> bool:
+    """R1-family templates know about </think> (they strip it from history)."""
+    return bool(template) and "</think>" in template
+
+
+def answer_only(messages: list[dict], *, allow_system: bool = True) -> list[dict]:
+    """The history as the model must see it: roles and answer text, nothing else."""
+    out: list[dict] = []
+    for message in messages:
+        role, content = message.get("role"), message.get("content") or ""
+        if role not in ("system", "user", "assistant"):
+            raise EdgedsError(f"message role must be system, user or assistant, not {role!r}")
+        if not isinstance(content, str):
+            raise EdgedsError(f"message content must be a string (role {role})")
+        if role == "assistant":
+            content = THINK_BLOCK.sub("", content)
+            if "</think>" in content:
+                content = content.split("</think>", 1)[1].lstrip()
+        out.append({"role": role, "content": content})
+    if not allow_system:
+        out = _fold_system(out)
+    return out
+
+
+def _fold_system(messages: list[dict]) -> list[dict]:
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system" and m["content"])
+    rest = [m for m in messages if m["role"] != "system"]
+    if system:
+        for i, m in enumerate(rest):
+            if m["role"] == "user":
+                rest[i] = {"role": "user", "content": f"{system}\n\n{m['content']}"}
+                break
+        else:
+            rest.insert(0, {"role": "user", "content": system})
+    return rest
+
+
+def _raise(message: str):
+    raise TemplateError(message)
+
+
+@lru_cache(maxsize=8)
+def _compile(template: str):
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+def render(template: str | None, messages: list[dict], *, bos_token: str, eos_token: str) -> Prompt:
+    """Render the conversation with the generation prompt appended."""
+    try:
+        text = _compile(template or CHATML).render(
+            messages=messages, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token
+        )
+    except TemplateError as err:
+        raise EdgedsError(f"the model's chat template failed: {err}") from None
+    return Prompt(text=text, opens_think=text.rstrip().endswith("<think>"))

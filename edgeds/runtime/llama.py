@@ -1,0 +1,395 @@
+"""Typed access to llama.cpp's C API through llama-cpp-python's ctypes bindings.
+
+The high-level `llama_cpp.Llama` hides what edgeds needs (tensor buffer overrides, several
+sequences in one context, its own sampler chain per sequence), so edgeds talks to the C API
+directly. Everything here is thin: one `Model` (weights + vocabulary), one `Context` (KV cache
++ batch), `Sampler` (llama.cpp's C sampler chain) and `TextStream` (incremental, UTF-8-safe
+detokenization).
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import llama_cpp
+
+from edgeds.errors import ContextOverflow, ModelLoadError
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp's log: routed through one callback, shown only when asked for, capturable in tests.
+
+_log_sinks: list[Callable[[str], None]] = []
+_log_to_stderr = False
+_LOG_ERROR, _LOG_CONT = 4, 5  # ggml_log_level
+_last_level = 0
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+@llama_cpp.llama_log_callback
+def _on_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    global _last_level
+    if level != _LOG_CONT:
+        _last_level = level
+    message = text.decode("utf-8", errors="replace")
+    for sink in tuple(_log_sinks):
+        sink(message)
+    if _log_to_stderr or _last_level == _LOG_ERROR:
+        sys.stderr.write(message)
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            llama_cpp.llama_log_set(_on_llama_log, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+def set_llama_log(verbose: bool) -> None:
+    """Show llama.cpp's own log on stderr (errors are always shown)."""
+    global _log_to_stderr
+    _log_to_stderr = verbose
+
+
+@contextmanager
+def captured_llama_log() -> Iterator[list[str]]:
+    """Collect llama.cpp's log lines written while the block runs."""
+    _init_backend()
+    lines: list[str] = []
+    _log_sinks.append(lines.append)
+    try:
+        yield lines
+    finally:
+        _log_sinks.remove(lines.append)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass(frozen=True)
+class TensorOverride:
+    """Keep tensors whose name matches `pattern` (a regex, searched) in `device`'s memory."""
+
+    pattern: str
+    device: str = "CPU"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load a GGUF: GPU layers, tensor placement overrides, mmap."""
+
+    n_gpu_layers: int = 0
+    overrides: tuple[TensorOverride, ...] = ()
+    use_mmap: bool = True
+    vocab_only: bool = False
+
+
+def gpu_offload_supported() -> bool:
+    _init_backend()
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class Model:
+    """One loaded GGUF model: weights, vocabulary and metadata."""
+
+    def __init__(self, path: str | Path, options: LoadOptions = LoadOptions()):
+        _init_backend()
+        self.path = Path(path)
+        self.options = options
+        if not self.path.is_file():
+            raise ModelLoadError(f"{self.path}: no such file")
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = options.n_gpu_layers
+        params.use_mmap = options.use_mmap
+        params.vocab_only = options.vocab_only
+        self._overrides_keepalive = None
+        if options.overrides:
+            from edgeds.runtime import llama_ext
+
+            self._overrides_keepalive = llama_ext.buft_overrides(options.overrides)
+            params.tensor_buft_overrides = ctypes.cast(self._overrides_keepalive, ctypes.c_void_p)
+        with captured_llama_log() as log:
+            ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not ptr:
+            reason = _last_error(log) or "llama.cpp could not load it (truncated or not a GGUF file?)"
+            raise ModelLoadError(f"{self.path}: {reason}")
+        self.ptr = ptr
+        self.vocab = llama_cpp.llama_model_get_vocab(ptr)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(ptr)
+        self.n_layer = llama_cpp.llama_model_n_layer(ptr)
+        self.n_embd = llama_cpp.llama_model_n_embd(ptr)
+        self.size_bytes = llama_cpp.llama_model_size(ptr)
+        self.n_params = llama_cpp.llama_model_n_params(ptr)
+        self.bos_id = llama_cpp.llama_vocab_bos(self.vocab)
+        self.eos_id = llama_cpp.llama_vocab_eos(self.vocab)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.metadata = self._read_metadata()
+        self.arch = self.metadata.get("general.architecture", "")
+
+    def _read_metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(1 << 16)
+        for i in range(llama_cpp.llama_model_meta_count(self.ptr)):
+            n = llama_cpp.llama_model_meta_key_by_index(self.ptr, i, buf, len(buf))
+            key = buf.value.decode("utf-8", errors="replace") if n >= 0 else ""
+            n = llama_cpp.llama_model_meta_val_str_by_index(self.ptr, i, buf, len(buf))
+            if n >= len(buf):
+                big = ctypes.create_string_buffer(n + 1)
+                llama_cpp.llama_model_meta_val_str_by_index(self.ptr, i, big, len(big))
+                out[key] = big.value.decode("utf-8", errors="replace")
+            elif n >= 0:
+                out[key] = buf.value.decode("utf-8", errors="replace")
+        return out
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.metadata.get("tokenizer.chat_template")
+
+    def token_text(self, token: int) -> str:
+        return (llama_cpp.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", errors="replace")
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        tokens = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, n_max, add_special, parse_special)
+        if n < 0:
+            n_max = -n
+            tokens = (llama_cpp.llama_token * n_max)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, n_max, add_special, parse_special)
+        return list(tokens[:n])
+
+    def token_piece(self, token: int, *, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _last_error(log: list[str]) -> str | None:
+    text = "".join(log)
+    for line in reversed(text.splitlines()):
+        if "error" in line.lower() or "failed" in line.lower():
+            return line.split(":", 1)[-1].strip() if ": " in line else line.strip()
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Context: KV cache and decoding
+
+
+class Context:
+    """A llama.cpp context over a `Model`: the KV cache for up to `n_seq_max` sequences."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int,
+        n_batch: int = 512,
+        n_seq_max: int = 1,
+        n_threads: int | None = None,
+        kv_unified: bool = True,
+    ):
+        self.model = model
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = min(n_batch, 512)
+        params.n_seq_max = n_seq_max
+        params.kv_unified = kv_unified
+        if n_threads:
+            params.n_threads = n_threads
+            params.n_threads_batch = n_threads
+        params.no_perf = True
+        with captured_llama_log() as log:
+            ptr = llama_cpp.llama_init_from_model(model.ptr, params)
+        if not ptr:
+            reason = _last_error(log) or "llama.cpp could not create the context"
+            raise ModelLoadError(f"{model.path}: {reason} (n_ctx={n_ctx}; try a smaller --n-ctx)")
+        self.ptr = ptr
+        self.n_ctx = llama_cpp.llama_n_ctx(ptr)
+        self.n_batch = n_batch
+        self.memory = llama_cpp.llama_get_memory(ptr)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_seq_max)
+
+    def decode(self, items: Sequence[tuple[int, int, int, bool]]) -> None:
+        """Decode (token, pos, seq_id, want_logits) items; at most n_batch of them."""
+        batch = self._batch
+        for i, (token, pos, seq, logits) in enumerate(items):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = logits
+        batch.n_tokens = len(items)
+        rc = llama_cpp.llama_decode(self.ptr, batch)
+        if rc == 1:
+            raise ContextOverflow(f"the KV cache is full (n_ctx={self.n_ctx})")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    def decode_prompt(self, tokens: Sequence[int], start: int, seq: int = 0,
+                      should_stop: Callable[[], bool] | None = None) -> bool:
+        """Decode tokens at positions start.. in chunks; logits only for the last one.
+
+        Returns False when `should_stop` asked to stop between chunks.
+        """
+        n = len(tokens)
+        for lo in range(0, n, self.n_batch):
+            if should_stop is not None and should_stop():
+                return False
+            hi = min(lo + self.n_batch, n)
+            self.decode([(tokens[i], start + i, seq, i == n - 1) for i in range(lo, hi)])
+        return True
+
+    def decode_one(self, token: int, pos: int, seq: int = 0) -> None:
+        batch = self._batch
+        batch.token[0] = token
+        batch.pos[0] = pos
+        batch.n_seq_id[0] = 1
+        batch.seq_id[0][0] = seq
+        batch.logits[0] = True
+        batch.n_tokens = 1
+        rc = llama_cpp.llama_decode(self.ptr, batch)
+        if rc == 1:
+            raise ContextOverflow(f"the KV cache is full (n_ctx={self.n_ctx})")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    def forget(self, seq: int, start: int = 0) -> None:
+        """Drop positions start.. of a sequence from the KV cache."""
+        llama_cpp.llama_memory_seq_rm(self.memory, seq, start, -1)
+
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self.memory, True)
+
+    def logits(self, index: int = -1):
+        """A float pointer to the logits of batch row `index` (n_vocab floats)."""
+        return llama_cpp.llama_get_logits_ith(self.ptr, index)
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and detokenization
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    grammar: str | None = None
+
+
+class Sampler:
+    """llama.cpp's C sampler chain: [grammar] → top-k → top-p → min-p → temperature → draw."""
+
+    def __init__(self, model: Model, params: SamplingParams):
+        chain_params = llama_cpp.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
+        add = lambda s: llama_cpp.llama_sampler_chain_add(self.ptr, s)  # noqa: E731
+        if params.grammar:
+            grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
+            if not grammar:
+                llama_cpp.llama_sampler_free(self.ptr)
+                self.ptr = None
+                from edgeds.errors import UsageError
+
+                raise UsageError("the grammar does not parse (GBNF syntax error; llama.cpp's log has details)")
+            add(grammar)
+        if params.temperature <= 0:
+            add(llama_cpp.llama_sampler_init_greedy())
+            return
+        if params.top_k > 0:
+            add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0:
+            add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+        add(llama_cpp.llama_sampler_init_temp(params.temperature))
+        seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+        add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: Context, index: int = -1) -> int:
+        """Draw a token from row `index`'s logits and accept it into the chain's state."""
+        return llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, index)
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class TextStream:
+    """Token ids → text pieces, holding back bytes of a UTF-8 character split across tokens.
+
+    Think tags render as text even where the vocabulary marks them as control tokens, so the
+    reasoning splitter sees them; other control tokens (EOS, …) render as nothing.
+    """
+
+    TAGS = ("<think>", "</think>")
+
+    def __init__(self, model: Model):
+        self.model = model
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._tag_tokens = _tag_tokens(model)
+
+    def push(self, token: int) -> str:
+        tag = self._tag_tokens.get(token)
+        if tag is not None:
+            return self._decoder.decode(b"", final=True) + tag
+        return self._decoder.decode(self.model.token_piece(token))
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+def _tag_tokens(model: Model) -> dict[int, str]:
+    cache = getattr(model, "_think_tag_tokens", None)
+    if cache is None:
+        cache = {}
+        for tag in TextStream.TAGS:
+            ids = model.tokenize(tag, add_special=False, parse_special=True)
+            if len(ids) == 1:
+                cache[ids[0]] = tag
+        model._think_tag_tokens = cache
+    return cache
