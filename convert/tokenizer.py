@@ -21,6 +21,7 @@ BOS rule (what the source tokenizer does when it encodes a plain text):
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -251,6 +252,23 @@ def vocab_metadata(model_dir: Path, vocab_size: int | None) -> dict[str, object]
 
 def reference_ids(model_dir: Path, text: str) -> list[int]:
     """The ids the source tokenizer gives for `text`, with BOS/EOS as the model expects them."""
+    source, tokenizer = _loaded(*_stamp(Path(model_dir)))
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    if source.adds("bos") and (bos := source.token_id("bos")) is not None:
+        ids = [bos, *ids]
+    if source.adds("eos") and (eos := source.token_id("eos")) is not None:
+        ids = [*ids, eos]
+    return ids
+
+
+def _stamp(model_dir: Path) -> tuple[str, tuple[int, ...]]:
+    """The folder plus its tokenizer files' change times, so the cache below never serves stale files."""
+    names = ("tokenizer.json", "tokenizer_config.json", "config.json")
+    return str(model_dir), tuple((model_dir / n).stat().st_mtime_ns if (model_dir / n).exists() else -1 for n in names)
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded(model_dir: str, _mtimes: tuple[int, ...]):
     from tokenizers import Tokenizer
 
     source = _Source(Path(model_dir))
@@ -258,9 +276,4 @@ def reference_ids(model_dir: Path, text: str) -> list[int]:
         tokenizer = Tokenizer.from_str(json.dumps(source.tok))
     except Exception as err:  # tokenizers raises a bare Exception on a malformed definition
         raise ConversionError(f"{source.path}: the tokenizers library cannot load it ({err})") from None
-    ids = tokenizer.encode(text, add_special_tokens=False).ids
-    if source.adds("bos") and (bos := source.token_id("bos")) is not None:
-        ids = [bos, *ids]
-    if source.adds("eos") and (eos := source.token_id("eos")) is not None:
-        ids = [*ids, eos]
-    return ids
+    return source, tokenizer

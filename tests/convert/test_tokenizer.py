@@ -80,15 +80,28 @@ def write_vocab_gguf(path: Path, arch: str, meta: dict[str, object]) -> None:
     writer.close()
 
 
-@pytest.fixture(scope="module", params=list(TOKENIZERS))
-def converted(request, tmp_path_factory):
-    folder, vocab_size, _, arch = TOKENIZERS[request.param]
-    source = FIXTURES / folder
-    meta = vocab_metadata(source, vocab_size)
-    path = tmp_path_factory.mktemp("vocab") / f"{request.param}.gguf"
-    write_vocab_gguf(path, arch, meta)
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-    return request.param, source, meta, llm
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    """Convert a fixture tokenizer to a vocab-only GGUF once per module and load it in llama.cpp."""
+    cache: dict[str, tuple] = {}
+
+    def _build(name: str):
+        if name not in cache:
+            folder, vocab_size, _, arch = TOKENIZERS[name]
+            source = FIXTURES / folder
+            meta = vocab_metadata(source, vocab_size)
+            path = tmp_path_factory.mktemp("vocab") / f"{name}.gguf"
+            write_vocab_gguf(path, arch, meta)
+            llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+            cache[name] = (name, source, meta, llm)
+        return cache[name]
+
+    return _build
+
+
+@pytest.fixture(params=list(TOKENIZERS))
+def converted(request, build):
+    return build(request.param)
 
 
 def test_pre_tokenizer_name_and_basics(converted):
@@ -173,11 +186,8 @@ def _vectors(name: str) -> list[tuple[str, list[int]]]:
 
 
 @pytest.mark.parametrize(("name", "vectors"), [("r1-distill-qwen", "qwen2"), ("llama3", "llama-bpe")])
-def test_llama_cpp_tokenizer_vectors(name, vectors, tmp_path):
-    folder, vocab_size, _, arch = TOKENIZERS[name]
-    path = tmp_path / "vocab.gguf"
-    write_vocab_gguf(path, arch, vocab_metadata(FIXTURES / folder, vocab_size))
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+def test_llama_cpp_tokenizer_vectors(name, vectors, build):
+    llm = build(name)[3]
     cases = _vectors(vectors)
     assert len(cases) > 30
     for text, ids in cases:
