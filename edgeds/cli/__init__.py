@@ -10,9 +10,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
-import typer
-
 from edgeds.cli._app import app
 from edgeds.errors import EdgedsError
 
@@ -30,26 +27,16 @@ from edgeds.cli import (  # noqa: E402,F401
     evaluate,
 )
 
-EXIT_INTERRUPTED = 130
-
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors print `edgeds: error: …` on stderr and exit non-zero.
 
-    Set EDGEDS_DEBUG=1 to get the traceback instead.
+    Typer reports usage errors itself. Set EDGEDS_DEBUG=1 to get a traceback instead.
     """
-    command = typer.main.get_command(app)
     try:
-        code = command.main(args=argv, prog_name="edgeds", standalone_mode=False)
+        app(args=argv, prog_name="edgeds")
     except EdgedsError as err:
         if os.environ.get("EDGEDS_DEBUG"):
             raise
         print(f"edgeds: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        print("edgeds: interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    sys.exit(code if isinstance(code, int) else 0)

@@ -11,3 +11,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _root() -> None:
+    """Run DeepSeek-R1 distills and DeepSeek MoE models locally: convert, run, chat, batch, serve."""

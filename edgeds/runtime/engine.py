@@ -29,6 +29,9 @@ from edgeds.runtime.llama import (
 from edgeds.runtime.params import GenerationParams, ModelDefaults
 
 MIN_CTX = 2048
+# Reasoning traces run to thousands of tokens, but a full 128k-token KV cache and its compute
+# buffers take gigabytes: default to at most this much; --n-ctx goes higher.
+DEFAULT_MAX_CTX = 32768
 
 
 def physical_cores() -> int:
@@ -70,12 +73,13 @@ def kv_bytes_per_token(metadata: dict[str, str]) -> int:
 
 
 def default_n_ctx(model: Model, *, ram_available: int | None = None) -> int:
-    """The trained context length, capped so the KV cache takes at most half the free RAM."""
+    """The trained context length, capped at DEFAULT_MAX_CTX and so the KV cache takes at most
+    half the free RAM."""
     if ram_available is None:
         ram_available = _available_ram()
     per_token = max(kv_bytes_per_token(model.metadata), 1)
     fits = max(0, ram_available // 2 - model.size_bytes) // per_token
-    n_ctx = min(model.n_ctx_train or MIN_CTX, max(fits // 256 * 256, MIN_CTX))
+    n_ctx = min(model.n_ctx_train or MIN_CTX, DEFAULT_MAX_CTX, max(fits // 256 * 256, MIN_CTX))
     return max(n_ctx, 256)
 
 
@@ -100,6 +104,7 @@ class Engine:
         n_gpu_layers: layers on the GPU; default: all where llama.cpp has a GPU backend.
         load_options: full control over loading (placement plans build these).
         defaults: generation defaults; registry entries carry their own.
+        chat_template: a Jinja chat template to use instead of the GGUF's own.
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class Engine:
         n_gpu_layers: int | None = None,
         load_options: LoadOptions | None = None,
         defaults: ModelDefaults | None = None,
+        chat_template: str | None = None,
     ):
         path = Path(model)
         if load_options is None:
@@ -122,10 +128,10 @@ class Engine:
         self.n_ctx = n_ctx or default_n_ctx(self.model)
         self.ctx = Context(self.model, n_ctx=self.n_ctx, n_threads=self.n_threads)
         self.defaults = defaults or ModelDefaults()
-        template = self.model.chat_template
+        self.chat_template = chat_template or self.model.chat_template
         allow_system = self.defaults.allow_system
         if allow_system is None:
-            allow_system = not chat.is_reasoning_template(template)
+            allow_system = not chat.is_reasoning_template(self.chat_template)
         self.allow_system = allow_system
         self._cached: list[int] = []  # tokens whose KV is in sequence 0
         self._cancel = threading.Event()
@@ -144,7 +150,7 @@ class Engine:
         history = chat.answer_only(messages, allow_system=self.allow_system)
         bos = self.model.token_text(self.model.bos_id) if self.model.bos_id >= 0 else ""
         eos = self.model.token_text(self.model.eos_id) if self.model.eos_id >= 0 else ""
-        prompt = chat.render(self.model.chat_template, history, bos_token=bos, eos_token=eos)
+        prompt = chat.render(self.chat_template, history, bos_token=bos, eos_token=eos)
         tokens = self.model.tokenize(prompt.text, add_special=False, parse_special=True)
         if self.model.add_bos and self.model.bos_id >= 0 and tokens[:1] != [self.model.bos_id]:
             tokens.insert(0, self.model.bos_id)  # templates that do not write BOS themselves

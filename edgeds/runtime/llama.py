@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import os
 import sys
 import threading
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from edgeds.errors import ContextOverflow, ModelLoadError
 # llama.cpp's log: routed through one callback, shown only when asked for, capturable in tests.
 
 _log_sinks: list[Callable[[str], None]] = []
-_log_to_stderr = False
+_log_to_stderr = bool(os.environ.get("EDGEDS_LLAMA_LOG"))
 _LOG_ERROR, _LOG_CONT = 4, 5  # ggml_log_level
 _last_level = 0
 _backend_lock = threading.Lock()

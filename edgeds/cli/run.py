@@ -1,0 +1,64 @@
+"""`edgeds run MODEL [PROMPT]`: one generation, streamed to the terminal."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgeds.cli._app import app
+from edgeds.errors import UsageError
+
+
+@app.command("run")
+def run(
+    model: str = typer.Argument(..., help="A GGUF file or a registry id (see `edgeds list`)."),
+    prompt: Optional[str] = typer.Argument(None, help="The prompt; read from stdin when left out."),
+    hide_reasoning: bool = typer.Option(False, "--hide-reasoning", help="Do not show the model's reasoning."),
+    json_lines: bool = typer.Option(False, "--json", help="Print events as JSON lines on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print timing stats to stderr (EDGEDS_LLAMA_LOG=1 adds llama.cpp's log)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Most tokens to generate (reasoning included)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (model default: 0.6)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Nucleus sampling (model default: 0.95)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed, for repeatable output."),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", min=256, help="Context length (default: trained length, capped by RAM)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt (R1 models get it folded into the first user turn)."),
+    grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file that constrains the output."),
+) -> None:
+    """Generate one reply: reasoning (dim, stderr) then the answer (stdout)."""
+    from edgeds.loader import open_engine
+    from edgeds.runtime import GenerationParams
+    from edgeds.terminal import Output, show
+
+    if prompt is None:
+        if sys.stdin.isatty():
+            raise UsageError("give a PROMPT, or pipe one on stdin")
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise UsageError("the prompt is empty")
+    grammar_text = None
+    if grammar is not None:
+        try:
+            grammar_text = grammar.read_text()
+        except OSError as err:
+            raise UsageError(f"{grammar}: cannot read the grammar ({err.strerror})") from None
+
+    engine = open_engine(model, n_ctx=n_ctx)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, grammar=grammar_text)
+
+    def interrupt(signum, frame):  # first Ctrl-C ends the generation cleanly; a second one aborts
+        engine.cancel()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        stats = show(engine.generate(messages, params), Output(json_lines, hide_reasoning, verbose))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    code = {"cancelled": 130, "error": 1}.get(stats.finish_reason, 0)
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,77 @@
+"""`edgeds run`'s front end: events → a terminal (or a pipe).
+
+Reasoning goes to stderr (dim where stderr is a terminal), the answer plainly to stdout, so a
+pipe gets the answer alone. With `json_lines`, every event is printed as one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Iterable, TextIO
+
+from edgeds.events import Answer, Done, Event, Reasoning, Stats, to_dict
+
+DIM, RESET = "\x1b[2m", "\x1b[0m"
+
+
+@dataclass(frozen=True)
+class Output:
+    """How to show a generation."""
+
+    json_lines: bool = False
+    hide_reasoning: bool = False
+    verbose: bool = False
+
+
+def format_stats(stats: Stats) -> str:
+    parts = [
+        f"prompt {stats.prompt_tokens} tok @ {stats.prompt_tok_s:.1f} tok/s",
+        f"ttft {stats.ttft_s:.2f} s",
+        f"reasoning {stats.reasoning_tokens} + answer {stats.answer_tokens} tok @ {stats.decode_tok_s:.1f} tok/s",
+        f"finish {stats.finish_reason}",
+    ]
+    if stats.error:
+        parts.append(f"error {stats.error}")
+    return " · ".join(parts)
+
+
+def show(events: Iterable[Event], output: Output, *, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> Stats:
+    """Print a generation as it streams; returns its stats."""
+    dim = stderr.isatty()
+    in_reasoning = False
+    answered = False
+    stats = Stats(finish_reason="error", error="the generation ended without stats")
+    for event in events:
+        if isinstance(event, Reasoning) and output.hide_reasoning:
+            continue
+        if output.json_lines:
+            stdout.write(json.dumps(to_dict(event), ensure_ascii=False) + "\n")
+            stdout.flush()
+        elif isinstance(event, Reasoning):
+            if not in_reasoning and dim:
+                stderr.write(DIM)
+            in_reasoning = True
+            stderr.write(event.text)
+            stderr.flush()
+        elif isinstance(event, Answer):
+            if in_reasoning:
+                stderr.write((RESET if dim else "") + "\n\n")
+                stderr.flush()
+                in_reasoning = False
+            stdout.write(event.text)
+            stdout.flush()
+            answered = True
+        if isinstance(event, Done):
+            stats = event.stats
+    if not output.json_lines:
+        if in_reasoning:
+            stderr.write((RESET if dim else "") + "\n")
+        if answered:
+            stdout.write("\n")
+        stdout.flush()
+    if output.verbose:
+        stderr.write(format_stats(stats) + "\n")
+    stderr.flush()
+    return stats
