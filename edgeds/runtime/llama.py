@@ -42,7 +42,7 @@ def _on_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     message = text.decode("utf-8", errors="replace")
     for sink in tuple(_log_sinks):
         sink(message)
-    if _log_to_stderr or _last_level == _LOG_ERROR:
+    if _log_to_stderr or (_last_level == _LOG_ERROR and not _log_sinks):
         sys.stderr.write(message)
 
 
@@ -63,7 +63,8 @@ def set_llama_log(verbose: bool) -> None:
 
 @contextmanager
 def captured_llama_log() -> Iterator[list[str]]:
-    """Collect llama.cpp's log lines written while the block runs."""
+    """Collect llama.cpp's log lines written while the block runs (its errors are not echoed:
+    the caller reports them)."""
     _init_backend()
     lines: list[str] = []
     _log_sinks.append(lines.append)
@@ -122,8 +123,8 @@ class Model:
         with captured_llama_log() as log:
             ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not ptr:
-            reason = _last_error(log) or "llama.cpp could not load it (truncated or not a GGUF file?)"
-            raise ModelLoadError(f"{self.path}: {reason}")
+            reason = _last_error(log) or "llama.cpp could not load it"
+            raise ModelLoadError(f"{self.path}: {reason} (is it a complete GGUF file?)")
         self.ptr = ptr
         self.vocab = llama_cpp.llama_model_get_vocab(ptr)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
@@ -192,10 +193,10 @@ class Model:
 
 
 def _last_error(log: list[str]) -> str | None:
-    text = "".join(log)
-    for line in reversed(text.splitlines()):
+    """The first line of llama.cpp's log that says what failed, without its function prefix."""
+    for line in "".join(log).splitlines():
         if "error" in line.lower() or "failed" in line.lower():
-            return line.split(":", 1)[-1].strip() if ": " in line else line.strip()
+            return line.split(": ", 1)[-1].strip()
     return None
 
 
