@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(os.environ.get("EDGEDS_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 V3_TOKENIZER = FIXTURES / "deepseek-v3-tokenizer"
 
 YARN = {  # DeepSeek's long-context rope (V3/R1: factor 40 from 4096 tokens)

@@ -8,6 +8,7 @@ behaviour, and must pass llama.cpp's own tokenizer test vectors.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from edgeds.errors import ConversionError
 llama_cpp = pytest.importorskip("llama_cpp")
 tokenizers = pytest.importorskip("tokenizers")
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = Path(os.environ.get("EDGEDS_FIXTURES", Path(__file__).resolve().parents[3] / "shared" / "fixtures"))
 VECTORS = Path(__file__).resolve().parents[1] / "data" / "vocab"
 
 # fixture folder, config vocab_size (embedding rows, padded), expected pre name, arch for the header
