@@ -9,14 +9,15 @@ Value types follow the converter's metadata convention: `int` → uint32, `float
 `bool` → bool, `str` → string, `list[str]` → string array, `list[int]` → int32 array
 (`tokenizer.ggml.token_type` is the only int array).
 
-BOS rule (what the source tokenizer does when it encodes a plain text):
-1. `tokenizer_config.json` `add_bos_token`, when present, decides. Transformers' Llama tokenizer
-   classes (which DeepSeek's configs name) rebuild the post-processor from this flag; the
-   DeepSeek-V3/R1 tokenizer.json has no BOS in its post-processor yet the model is trained and
-   served with BOS, and its config says `add_bos_token: true`.
-2. Otherwise a `TemplateProcessing` post-processor whose single-sequence template starts with
-   the BOS token means BOS is added (R1-Distill-Qwen, Llama 3).
-3. Otherwise no BOS. `add_eos_token` follows the same rule with the template's last piece.
+BOS rule (what the source tokenizer does when it encodes a plain text, as the transformers
+versions the models shipped with did it):
+1. A Llama tokenizer class (`tokenizer_class` LlamaTokenizer[Fast], as DeepSeek's configs name)
+   rebuilds its post-processor from `add_bos_token` / `add_eos_token`, so those flags decide.
+   The DeepSeek-V3/R1 tokenizer.json has no BOS in its post-processor, yet its config says
+   `add_bos_token: true` and the model is trained and served with BOS.
+2. Otherwise a `TemplateProcessing` post-processor decides: BOS is added when the single-sequence
+   template starts with the BOS token (EOS: ends with the EOS token).
+3. Otherwise the config flags, if any; else nothing is added.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeds.errors import ConversionError
+
+# Tokenizer classes that rebuild their post-processor from add_bos_token / add_eos_token.
+LLAMA_TOKENIZER_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer", "CodeLlamaTokenizerFast")
 
 # llama.cpp token types (include/llama.h, llama_token_type).
 TOKEN_NORMAL = 1
@@ -152,7 +156,7 @@ def _post_template_adds(post: Any, bos_or_eos: str, token: str | None) -> bool |
         if proc.get("type") != "TemplateProcessing":
             continue
         single = proc.get("single") or []
-        piece = single[0] if bos_or_eos == "bos" else single[-1] if single else None
+        piece = (single[0] if bos_or_eos == "bos" else single[-1]) if single else None
         special = (piece or {}).get("SpecialToken")
         return bool(special) and special.get("id") == token
     return None
@@ -189,11 +193,15 @@ class _Source:
         return fallback if isinstance(fallback, int) else None
 
     def adds(self, kind: str) -> bool:
+        """Whether encoding adds `kind` ("bos" / "eos"); see the BOS rule in the module docstring."""
         flag = self.cfg.get(f"add_{kind}_token")
-        if isinstance(flag, bool):
+        if isinstance(flag, bool) and self.cfg.get("tokenizer_class") in LLAMA_TOKENIZER_CLASSES:
             return flag
         token = _token_content(self.cfg.get(f"{kind}_token"))
-        return bool(_post_template_adds(self.tok.get("post_processor"), kind, token))
+        from_template = _post_template_adds(self.tok.get("post_processor"), kind, token)
+        if from_template is not None:
+            return from_template
+        return flag if isinstance(flag, bool) else False
 
     def pre_name(self) -> str:
         if not _normalizer_is_identity(self.tok.get("normalizer")):
@@ -212,14 +220,19 @@ def _merges(source: _Source) -> list[str]:
     return [m if isinstance(m, str) else " ".join(m) for m in merges]
 
 
-def _chat_template(source: _Source) -> str | None:
+def _chat_templates(source: _Source) -> dict[str, str]:
+    """`tokenizer.chat_template` (and `.NAME` for named ones) from tokenizer_config or chat_template.jinja."""
     template = source.cfg.get("chat_template")
-    if isinstance(template, list):  # [{name, template}, ...]: the default one goes in the main key
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
     if isinstance(template, str):
-        return template
+        return {"tokenizer.chat_template": template}
+    if isinstance(template, list):  # [{name, template}, ...]
+        return {
+            "tokenizer.chat_template" + ("" if t["name"] == "default" else f".{t['name']}"): t["template"]
+            for t in template
+            if isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)
+        }
     jinja = source.model_dir / "chat_template.jinja"
-    return jinja.read_text(encoding="utf-8") if jinja.is_file() else None
+    return {"tokenizer.chat_template": jinja.read_text(encoding="utf-8")} if jinja.is_file() else {}
 
 
 def vocab_metadata(model_dir: Path, vocab_size: int | None) -> dict[str, object]:
@@ -263,9 +276,7 @@ def vocab_metadata(model_dir: Path, vocab_size: int | None) -> dict[str, object]
             meta[f"tokenizer.ggml.{key}"] = token_id
     meta["tokenizer.ggml.add_bos_token"] = source.adds("bos")
     meta["tokenizer.ggml.add_eos_token"] = source.adds("eos")
-    template = _chat_template(source)
-    if template is not None:
-        meta["tokenizer.chat_template"] = template
+    meta.update(_chat_templates(source))
     return meta
 
 

@@ -227,3 +227,42 @@ def test_unknown_pre_tokenizer_is_refused(tmp_path):
 def test_vocab_size_smaller_than_tokenizer_is_refused():
     with pytest.raises(ConversionError, match="vocab_size 1000"):
         vocab_metadata(FIXTURES / "deepseek-v3-tokenizer", 1000)
+
+
+def _edit_config(model: Path, **changes) -> None:
+    path = model / "tokenizer_config.json"
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg.update(changes)
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+
+
+def test_llama_tokenizer_class_follows_its_add_bos_flag(tmp_path):
+    """LlamaTokenizerFast rebuilds its post-processor from add_bos_token: false means no BOS."""
+    model = _copy_fixture(tmp_path)
+    _edit_config(model, add_bos_token=False)
+    assert vocab_metadata(model, None)["tokenizer.ggml.add_bos_token"] is False
+    assert reference_ids(model, "Hi") == tokenizers.Tokenizer.from_file(str(model / "tokenizer.json")).encode(
+        "Hi", add_special_tokens=False
+    ).ids
+
+
+def test_other_tokenizer_classes_follow_the_post_processor(tmp_path):
+    """PreTrainedTokenizerFast ignores add_bos_token; Llama 3's template adds BOS regardless."""
+    model = _copy_fixture(tmp_path, "llama3-tokenizer")
+    _edit_config(model, add_bos_token=False)
+    assert vocab_metadata(model, None)["tokenizer.ggml.add_bos_token"] is True
+    assert reference_ids(model, "Hi")[0] == 128000
+
+
+def test_named_chat_templates(tmp_path):
+    model = _copy_fixture(tmp_path)
+    _edit_config(model, chat_template=[{"name": "default", "template": "A"}, {"name": "tool_use", "template": "B"}])
+    meta = vocab_metadata(model, None)
+    assert meta["tokenizer.chat_template"] == "A" and meta["tokenizer.chat_template.tool_use"] == "B"
+
+
+def test_chat_template_jinja_file(tmp_path):
+    model = _copy_fixture(tmp_path)
+    _edit_config(model, chat_template=None)
+    (model / "chat_template.jinja").write_text("{{ messages }}", encoding="utf-8")
+    assert vocab_metadata(model, None)["tokenizer.chat_template"] == "{{ messages }}"
