@@ -32,6 +32,7 @@ HF_ARCHITECTURES = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
 GGUF_ARCH = "deepseek2"
 
 GATING_FUNC = {"softmax": 1, "sigmoid": 2}  # llama.cpp's llama_expert_gating_func_type
+LITE_LAYER_COUNTS = (26, 27)  # llama.cpp skips attention.q_lora_rank only for these layer counts
 
 # HF name under `model.layers.{i}.` → GGUF name under `blk.{i}.`; (name, keep_f32)
 ATTENTION = {
@@ -138,6 +139,11 @@ def metadata(cfg: Mapping[str, Any]) -> dict[str, object]:
     }
     if cfg.get("q_lora_rank") is not None:
         meta[f"{a}.attention.q_lora_rank"] = int(cfg["q_lora_rank"])
+    elif meta[f"{a}.block_count"] not in LITE_LAYER_COUNTS:
+        raise ConversionError(
+            f"config.json: q_lora_rank is null with {meta[f'{a}.block_count']} layers; llama.cpp reads such "
+            f"DeepSeek models (V2-Lite style) only with {' or '.join(map(str, LITE_LAYER_COUNTS))} layers"
+        )
     if cfg.get("n_group") is not None:
         groups, used = int(cfg["n_group"]), int(_need(cfg, "topk_group"))
         if n_experts % groups:
