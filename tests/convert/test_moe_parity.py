@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +81,208 @@ def test_dequantize_rejects_a_mismatched_scale():
         dequantize(np.zeros((200, 64), np.uint8), np.ones((1, 1), np.float32), name="layers.0.q_a_proj.weight")
     with pytest.raises(ConversionError, match="2-D bytes"):
         dequantize(np.zeros((4, 4), np.float32), np.ones((1, 1), np.float32))
+
+
+# ---------------------------------------------------------------- deepseek2 metadata from real configs
+
+# config.json of deepseek-ai/DeepSeek-V3 (R1 and V3-0324 share it), quantization_config left out
+DEEPSEEK_V3_CONFIG = {
+    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": 129280,
+    "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048, "num_hidden_layers": 61,
+    "num_nextn_predict_layers": 1, "num_attention_heads": 128, "num_key_value_heads": 128,
+    "n_shared_experts": 1, "n_routed_experts": 256, "routed_scaling_factor": 2.5, "kv_lora_rank": 512,
+    "q_lora_rank": 1536, "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128,
+    "topk_method": "noaux_tc", "n_group": 8, "topk_group": 4, "num_experts_per_tok": 8,
+    "first_k_dense_replace": 3, "norm_topk_prob": True, "scoring_func": "sigmoid", "hidden_act": "silu",
+    "max_position_embeddings": 163840, "rms_norm_eps": 1e-06, "rope_theta": 10000,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                     "original_max_position_embeddings": 4096, "type": "yarn"},
+    "tie_word_embeddings": False,
+}
+# the deepseek2 keys of published DeepSeek-R1 GGUFs (llama.cpp's converter, MLA era)
+DEEPSEEK_R1_GGUF = {
+    "block_count": 61, "context_length": 163840, "embedding_length": 7168, "feed_forward_length": 18432,
+    "attention.head_count": 128, "attention.head_count_kv": 1, "rope.freq_base": 10000.0,
+    "attention.layer_norm_rms_epsilon": 1e-6, "expert_used_count": 8, "expert_count": 256,
+    "expert_shared_count": 1, "expert_feed_forward_length": 2048, "expert_weights_scale": 2.5,
+    "expert_weights_norm": True, "expert_gating_func": 2, "expert_group_count": 8, "expert_group_used_count": 4,
+    "leading_dense_block_count": 3, "vocab_size": 129280, "attention.q_lora_rank": 1536,
+    "attention.kv_lora_rank": 512, "attention.key_length": 576, "attention.value_length": 512,
+    "attention.key_length_mla": 192, "attention.value_length_mla": 128, "rope.dimension_count": 64,
+    "rope.scaling.type": "yarn", "rope.scaling.factor": 40.0, "rope.scaling.original_context_length": 4096,
+    "rope.scaling.yarn_log_multiplier": 0.1, "rope.scaling.yarn_beta_fast": 32.0, "rope.scaling.yarn_beta_slow": 1.0,
+}
+# config.json of deepseek-ai/DeepSeek-V2-Lite-Chat
+DEEPSEEK_V2_LITE_CONFIG = {
+    "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "vocab_size": 102400,
+    "hidden_size": 2048, "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 27,
+    "num_attention_heads": 16, "num_key_value_heads": 16, "n_shared_experts": 2, "n_routed_experts": 64,
+    "routed_scaling_factor": 1.0, "kv_lora_rank": 512, "q_lora_rank": None, "qk_rope_head_dim": 64,
+    "v_head_dim": 128, "qk_nope_head_dim": 128, "topk_method": "greedy", "n_group": 1, "topk_group": 1,
+    "num_experts_per_tok": 6, "first_k_dense_replace": 1, "norm_topk_prob": False, "scoring_func": "softmax",
+    "max_position_embeddings": 163840, "rms_norm_eps": 1e-06, "rope_theta": 10000,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+                     "original_max_position_embeddings": 4096, "type": "yarn"},
+    "tie_word_embeddings": False,
+}
+
+
+def _deepseek2():
+    pytest.importorskip("edgeds.convert.plan", reason="the converter core (convert/plan.py) is not in this tree yet")
+    from edgeds.convert.arch import deepseek2
+
+    return deepseek2
+
+
+def _assert_keys(meta: dict, expected: dict) -> None:
+    for key, value in expected.items():
+        got = meta[f"deepseek2.{key}"]
+        assert type(got) is type(value), (key, got)  # int → uint32, float → float32: types matter to llama.cpp
+        assert got == pytest.approx(value, rel=1e-6), key
+
+
+def test_deepseek_v3_config_gives_the_published_r1_keys():
+    meta = _deepseek2().metadata(DEEPSEEK_V3_CONFIG)
+    _assert_keys(meta, DEEPSEEK_R1_GGUF)
+    assert not [k for k in meta if not k.startswith("deepseek2.")]
+
+
+def test_v3_routes_with_sigmoid_even_without_scoring_func():
+    config = {k: v for k, v in DEEPSEEK_V3_CONFIG.items() if k != "scoring_func"}  # as transformers 5 saves it
+    assert _deepseek2().metadata(config)["deepseek2.expert_gating_func"] == 2
+
+
+def test_v2_lite_config():
+    meta = _deepseek2().metadata(DEEPSEEK_V2_LITE_CONFIG)
+    _assert_keys(meta, {
+        "block_count": 27, "expert_gating_func": 1, "expert_count": 64, "expert_used_count": 6,
+        "expert_shared_count": 2, "expert_feed_forward_length": 1408, "expert_weights_scale": 1.0,
+        "expert_weights_norm": False, "attention.key_length": 576, "attention.value_length": 512,
+        "attention.key_length_mla": 192, "attention.value_length_mla": 128, "attention.head_count_kv": 1,
+        "leading_dense_block_count": 1, "rope.scaling.yarn_log_multiplier": 0.0707,
+    })
+    assert "deepseek2.attention.q_lora_rank" not in meta  # plain attn_q; llama.cpp knows V2-Lite by 27 layers
+
+
+def test_transformers5_rope_parameters_are_read_like_rope_scaling():
+    legacy = DEEPSEEK_V3_CONFIG
+    modern = {k: v for k, v in legacy.items() if k not in ("rope_scaling", "rope_theta")}
+    modern["rope_parameters"] = dict(legacy["rope_scaling"], rope_theta=10000.0, rope_type="yarn")
+    del modern["rope_parameters"]["type"]
+    assert _deepseek2().metadata(modern) == _deepseek2().metadata(legacy)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"scoring_func": "tanh", "architectures": ["DeepseekV2ForCausalLM"]}, "scoring_func 'tanh'"),
+        ({"qk_rope_head_dim": None}, "'qk_rope_head_dim' is missing"),
+        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope scaling type 'linear'"),
+        ({"n_group": 3}, "not divisible by n_group 3"),
+        ({"q_lora_rank": None}, "q_lora_rank is null with 61 layers"),
+    ],
+)
+def test_bad_configs_name_the_key(change, message):
+    with pytest.raises(ConversionError, match=f"config.json: .*{message}"):
+        _deepseek2().metadata({**DEEPSEEK_V3_CONFIG, **change})
+
+
+def test_mtp_layers_are_skipped_and_nothing_else():
+    pattern = _deepseek2().skip(DEEPSEEK_V3_CONFIG)
+    assert pattern.search("model.layers.61.eh_proj.weight")
+    assert pattern.search("model.layers.61.mlp.experts.3.up_proj.weight")
+    assert not pattern.search("model.layers.60.mlp.experts.3.up_proj.weight")
+    assert not pattern.search("model.layers.6.mlp.gate.weight")
+    assert not pattern.search("lm_head.weight")
+
+
+# ---------------------------------------------------------------- logits parity with transformers
+
+PROMPT = "DeepSeek-V3 routes each token to 2 of 8 experts. 你好，世界！ def f(x): return x**2 <think>ok</think>"
+
+# case → (builder, builder kwargs); the FP8 case is compared with its dequantized float32 twin
+CASES = {
+    "v3": ("build_deepseek_v3", {}),
+    "v3-without-scoring-func": ("build_deepseek_v3", {"scoring_func": False}),
+    "v2-lite-27-layers": ("build_deepseek_v2_lite", {}),
+    "v3-fp8": ("build_deepseek_v3_fp8", {}),
+}
+
+
+@pytest.fixture(scope="module")
+def converted_moe(tmp_path_factory):
+    """Build, convert (edgeds, F32) and evaluate each tiny checkpoint once per module."""
+    import importlib
+
+    from tests import tiny_moe_checkpoints as tiny
+
+    convert = getattr(importlib.import_module("edgeds.convert"), "convert", None)
+    if convert is None:
+        pytest.skip("the converter core (edgeds.convert.convert) is not in this tree yet")
+
+    cache: dict[str, tuple] = {}
+
+    def _get(case: str):
+        if case not in cache:
+            builder, kwargs = CASES[case]
+            root = tmp_path_factory.mktemp(case)
+            source = getattr(tiny, builder)(root / "hf", **kwargs)
+            reference = tiny.dequantized_twin(source, root / "twin") if case.endswith("fp8") else source
+            gguf_path = convert(source, root / f"{case}.gguf", outtype="f32", progress=False)
+            cache[case] = (source, reference, Path(gguf_path))
+        return cache[case]
+
+    return _get
+
+
+def _transformers_logits(folder, ids):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def _llama_cpp_logits(path, ids):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    # F32 KV cache: the comparison is about the converted weights, not llama.cpp's F16 cache
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=128, n_batch=128, logits_all=True, n_threads=2, verbose=False,
+        type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
+    )
+    llm.eval(ids)
+    logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    metadata = dict(llm.metadata)
+    llm.close()
+    return logits, metadata
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_llama_cpp_logits_match_transformers(case, converted_moe):
+    from edgeds.convert.tokenizer import reference_ids
+
+    source, reference, gguf_path = converted_moe(case)
+    ids = reference_ids(source, PROMPT)
+    assert ids[0] == 0 and len(ids) > 20  # DeepSeek-V3 tokenizer, with its BOS
+    expected = _transformers_logits(reference, ids)
+    got, metadata = _llama_cpp_logits(gguf_path, ids)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1e-2
+    assert (got.argmax(-1) == expected.argmax(-1)).all()
+    assert expected.std() > 0.5  # logits that spread, so top-1 agreement means something
+    gating = "1" if case.startswith("v2") else "2"  # sigmoid for every V3, config or not
+    assert metadata["deepseek2.expert_gating_func"] == gating
+
+
+def test_file_layout_hot_first_experts_last_no_mtp(converted_moe):
+    import gguf
+
+    _, _, gguf_path = converted_moe("v3")
+    names = [t.name for t in gguf.GGUFReader(str(gguf_path)).tensors]
+    first_expert = min(i for i, n in enumerate(names) if n.endswith("_exps.weight"))
+    assert all(n.endswith("_exps.weight") for n in names[first_expert:])
+    assert names[first_expert:] == [f"blk.{b}.ffn_{w}_exps.weight" for b in (1, 2) for w in ("gate", "up", "down")]
+    assert not [n for n in names if n.startswith("blk.3.")]  # the MTP layer (model.layers.3) is not converted
+    assert {"blk.1.exp_probs_b.bias", "blk.1.ffn_gate_inp.weight", "blk.1.attn_k_b.weight", "blk.0.ffn_gate.weight"} <= set(names)
+    assert "blk.1.attn_kv_b.weight" not in names  # split into attn_k_b / attn_v_b
