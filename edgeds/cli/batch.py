@@ -1,3 +1,66 @@
-"""`edgeds batch` (placeholder until its issue lands)."""
+"""`edgeds batch IN.jsonl -o OUT.jsonl`: run a JSONL file of prompts, resumably, in parallel."""
 
-from edgeds.cli._app import app  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgeds.cli._app import app
+from edgeds.errors import UsageError
+
+
+@app.command("batch")
+def batch(
+    input_path: Path = typer.Argument(..., metavar="IN.jsonl", help='Rows {"id", "prompt"} or {"id", "messages"}; optional max_tokens, temperature, top_p, seed, system.'),
+    output: Path = typer.Option(..., "--output", "-o", metavar="OUT.jsonl", help="Output rows, in input order; an existing file is resumed."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="A GGUF file or registry id; with --endpoint, the server's model name."),
+    parallel: int = typer.Option(4, "--parallel", "-p", min=1, max=64, help="Sequences decoded together (or requests in flight with --endpoint)."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="An OpenAI-compatible server URL (llama-server, vLLM, edgeds serve) to send the rows to."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEDS_API_KEY", help="API key for --endpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over instead of resuming."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Default for rows without max_tokens."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="Default for rows without temperature (model default 0.6)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Default for rows without top_p (model default 0.95)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Default seed for rows without one: the same seed gives the same rows whatever --parallel is."),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", min=256, help="Context length of each sequence (default 4096)."),
+    grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file for every row."),
+    json_summary: bool = typer.Option(False, "--json-summary", help="Print the summary as JSON on stdout."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal)."),
+) -> None:
+    """Run every row of IN.jsonl and write reasoning + answer rows to OUT.jsonl."""
+    import sys
+
+    from edgeds.batch import check_paths, run_batch
+    from edgeds.runtime.params import GenerationParams
+
+    check_paths(input_path, output)
+    grammar_text = None
+    if grammar is not None:
+        try:
+            grammar_text = grammar.read_text()
+        except OSError as err:
+            raise UsageError(f"{grammar}: cannot read the grammar ({err.strerror})") from None
+    defaults = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, grammar=grammar_text)
+    if endpoint:
+        from edgeds.remote import RemoteBackend
+
+        backend = RemoteBackend(endpoint, model=model, api_key=api_key, parallel=parallel)
+    else:
+        if not model:
+            raise UsageError("give --model (a GGUF file or registry id), or --endpoint URL")
+        from edgeds.runtime.scheduler import open_scheduler
+
+        backend = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx)
+    try:
+        summary = run_batch(input_path, output, backend, defaults=defaults, parallel=parallel,
+                            overwrite=overwrite, progress=progress)
+    finally:
+        backend.close()
+    if json_summary:
+        print(json.dumps(summary.to_dict()))
+    print(summary.line(), file=sys.stderr)
+    if summary.interrupted:
+        raise typer.Exit(130)

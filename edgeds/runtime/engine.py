@@ -94,6 +94,39 @@ def _available_ram() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+class PhaseStream:
+    """Generated token ids → Reasoning/Answer events, counting the tokens of each phase.
+
+    Shared by the Engine and the multi-sequence scheduler: one per generation.
+    """
+
+    def __init__(self, model: Model, opens_think: bool):
+        self._text = TextStream(model)
+        self._splitter = ReasoningSplitter(in_reasoning=opens_think)
+        self._counts = {"reasoning": 0, "answer": 0, "start": 0}
+
+    def push(self, token: int) -> list[Event]:
+        events = self._splitter.feed(self._text.push(token))
+        phase = self._splitter.phase
+        self._counts[phase] += 1
+        if phase != "start" and self._counts["start"]:
+            # tokens seen before the phase was known belong to the phase they opened
+            self._counts[phase] += self._counts["start"]
+            self._counts["start"] = 0
+        return events
+
+    def finish(self) -> list[Event]:
+        return self._splitter.feed(self._text.flush()) + self._splitter.finish()
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return self._counts["reasoning"] + self._counts["start"]
+
+    @property
+    def answer_tokens(self) -> int:
+        return self._counts["answer"]
+
+
 class Engine:
     """One loaded model.
 
@@ -184,9 +217,7 @@ class Engine:
             self.model,
             SamplingParams(temperature=params.temperature, top_p=params.top_p, seed=params.seed, grammar=params.grammar),
         )
-        splitter = ReasoningSplitter(in_reasoning=opens_think)
-        text = TextStream(self.model)
-        counts = {"reasoning": 0, "answer": 0, "start": 0}
+        phases = PhaseStream(self.model, opens_think)
         finish, error = "stop", None
         n_prompt = len(tokens)
         t_first = t_prompt_done = None
@@ -213,12 +244,7 @@ class Engine:
                 if self.model.is_eog(token):
                     break
                 generated += 1
-                events = splitter.feed(text.push(token))
-                counts[splitter.phase] += 1
-                if splitter.phase != "start" and counts["start"]:
-                    counts[splitter.phase] += counts.pop("start")
-                    counts["start"] = 0
-                yield from events
+                yield from phases.push(token)
                 if pos + 1 >= self.n_ctx:
                     finish = "length"
                     break
@@ -235,16 +261,15 @@ class Engine:
             if finish == "error":
                 self._cached = []
                 self.ctx.clear()
-        yield from splitter.feed(text.flush())
-        yield from splitter.finish()
+        yield from phases.finish()
         t_end = time.perf_counter()
         prompt_s = (t_prompt_done or t_end) - t0
         decode_s = t_end - (t_first or t_end)
         yield Done(
             Stats(
                 prompt_tokens=n_prompt,
-                reasoning_tokens=counts["reasoning"] + counts["start"],
-                answer_tokens=counts["answer"],
+                reasoning_tokens=phases.reasoning_tokens,
+                answer_tokens=phases.answer_tokens,
                 ttft_s=round((t_first or t_end) - t0, 4),
                 prompt_tok_s=round(n_decoded_prompt / prompt_s, 2) if prompt_s > 0 and n_decoded_prompt else 0.0,
                 decode_tok_s=round((generated - 1) / decode_s, 2) if generated > 1 and decode_s > 0 else 0.0,

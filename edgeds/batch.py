@@ -1,0 +1,437 @@
+"""`edgeds batch`: a JSONL file of prompts → a JSONL file of reasoning + answer rows.
+
+- Input rows: `{"id": …, "prompt": "…"}` or `{"id": …, "messages": [...]}` with optional
+  `max_tokens`, `temperature`, `top_p`, `seed`, `system`; a missing id becomes the line number.
+- A bad row (not JSON, unknown key, wrong type, prompt too long) gets an output row with
+  `error` set, naming the line and key; the run goes on.
+- Output rows come in input order. Rows finish out of order when several run in parallel: the
+  next row in order goes straight to the output, a row that finished early goes to a side
+  journal (`OUT.pending`) until its turn. Every write is flushed and fsynced, so a killed run
+  (SIGKILL included) loses no finished row; on resume a torn last line is dropped, ids already
+  in the output are skipped and rows from the journal are written in their turn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+from edgeds.errors import EdgedsError, UsageError
+from edgeds.runtime.params import GenerationParams
+from edgeds.runtime.scheduler import Completion
+
+# key → (accepted JSON types, what the error message calls them)
+ROW_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "id": ((str, int), "a string or an integer"),
+    "prompt": ((str,), "a string"),
+    "messages": ((list,), "a list of messages"),
+    "system": ((str,), "a string"),
+    "max_tokens": ((int,), "an integer"),
+    "temperature": ((int, float), "a number"),
+    "top_p": ((int, float), "a number"),
+    "seed": ((int,), "an integer"),
+}
+ROLES = ("system", "user", "assistant")
+PENDING_SUFFIX = ".pending"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input row: a conversation to run, or the error that stops it from running."""
+
+    index: int  # position among the input's rows
+    line: int  # 1-based line number in the input file
+    id: str | int
+    messages: list[dict] | None = None
+    params: GenerationParams | None = None
+    error: str | None = None
+    key: str = "prompt"  # the key the conversation came from, for error messages
+
+
+class Backend(Protocol):
+    """What runs rows: the embedded scheduler or a remote OpenAI-compatible server."""
+
+    def submit(self, messages: list[dict], params: GenerationParams,
+               on_done: Callable[[Completion], None]) -> object: ...
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and validating input
+
+
+def _type_name(value) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def parse_row(text: str, *, index: int, line: int, defaults: GenerationParams) -> Row:
+    """Validate one input line; a bad row comes back with `error` set (never raises)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        return Row(index, line, line, error=f"line {line}: not valid JSON ({err.msg} at column {err.colno})")
+    if not isinstance(data, dict):
+        return Row(index, line, line, error=f"line {line}: a row must be a JSON object, not {_type_name(data)}")
+    row_id = data.get("id", line)
+    for key, value in data.items():
+        if key not in ROW_KEYS:
+            return Row(index, line, _safe_id(row_id, line),
+                       error=f"line {line}: unknown key {key!r} (expected one of: {', '.join(ROW_KEYS)})")
+        types, what = ROW_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            return Row(index, line, _safe_id(row_id, line),
+                       error=f"line {line}: key {key!r} must be {what}, not {_type_name(value)}")
+    error = _check_ranges(data, line)
+    if error is None:
+        if ("prompt" in data) == ("messages" in data):
+            error = f"line {line}: give exactly one of 'prompt' or 'messages'"
+        elif "messages" in data:
+            error = _check_messages(data["messages"], line)
+    if error:
+        return Row(index, line, row_id, error=error)
+    messages = list(data["messages"]) if "messages" in data else [{"role": "user", "content": data["prompt"]}]
+    if "system" in data:
+        messages.insert(0, {"role": "system", "content": data["system"]})
+    params = GenerationParams(
+        max_tokens=data.get("max_tokens", defaults.max_tokens),
+        temperature=data.get("temperature", defaults.temperature),
+        top_p=data.get("top_p", defaults.top_p),
+        seed=data.get("seed", defaults.seed),
+        grammar=defaults.grammar,
+    )
+    return Row(index, line, row_id, messages=messages, params=params, key="messages" if "messages" in data else "prompt")
+
+
+def _safe_id(row_id, line: int):
+    return row_id if isinstance(row_id, (str, int)) and not isinstance(row_id, bool) else line
+
+
+def _check_ranges(data: dict, line: int) -> str | None:
+    if "max_tokens" in data and data["max_tokens"] < 1:
+        return f"line {line}: key 'max_tokens' must be at least 1"
+    if "temperature" in data and data["temperature"] < 0:
+        return f"line {line}: key 'temperature' must be 0 or more"
+    if "top_p" in data and not 0 < data["top_p"] <= 1:
+        return f"line {line}: key 'top_p' must be in (0, 1]"
+    if "prompt" in data and not data["prompt"].strip():
+        return f"line {line}: key 'prompt' is empty"
+    return None
+
+
+def _check_messages(messages: list, line: int) -> str | None:
+    if not messages:
+        return f"line {line}: key 'messages' is empty"
+    for i, message in enumerate(messages):
+        where = f"line {line}: key 'messages[{i}]'"
+        if not isinstance(message, dict):
+            return f"{where} must be an object, not {_type_name(message)}"
+        if message.get("role") not in ROLES:
+            return f"{where}: 'role' must be one of {', '.join(ROLES)}"
+        if not isinstance(message.get("content"), str):
+            return f"{where}: 'content' must be a string"
+    if messages[-1]["role"] != "user":
+        return f"line {line}: key 'messages': the last message must be from the user"
+    return None
+
+
+def read_rows(path: Path, defaults: GenerationParams) -> list[Row]:
+    """Every non-blank line of `path` as a Row; a repeated id makes the later row an error."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise EdgedsError(f"{path}: cannot read the input ({err.strerror})") from None
+    rows: list[Row] = []
+    first_line: dict[str, int] = {}
+    for number, data in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            rows.append(Row(len(rows), number, number, error=f"line {number}: not UTF-8 text"))
+            continue
+        if not text.strip():
+            continue
+        row = parse_row(text, index=len(rows), line=number, defaults=defaults)
+        key = id_key(row.id)
+        if key in first_line:
+            row = Row(row.index, number, row.id,
+                      error=f"line {number}: key 'id': {row.id!r} repeats the id of line {first_line[key]}")
+        else:
+            first_line[key] = number
+        rows.append(row)
+    return rows
+
+
+def id_key(row_id) -> str:
+    """Ids compare as JSON (1 and "1" are different ids)."""
+    return json.dumps(row_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output rows
+
+
+def result_row(row: Row, completion: Completion) -> dict:
+    stats = completion.stats
+    if stats.finish_reason == "error":
+        return error_row(row.id, f"line {row.line}: generation failed: {stats.error}")
+    return {
+        "id": row.id,
+        "reasoning": completion.reasoning,
+        "answer": completion.answer,
+        "finish_reason": stats.finish_reason,
+        "usage": {
+            "prompt_tokens": stats.prompt_tokens,
+            "reasoning_tokens": stats.reasoning_tokens,
+            "answer_tokens": stats.answer_tokens,
+        },
+        "timing": {"ttft_s": stats.ttft_s, "decode_tok_s": stats.decode_tok_s},
+        "error": None,
+    }
+
+
+def error_row(row_id, message: str) -> dict:
+    return {"id": row_id, "reasoning": None, "answer": None, "finish_reason": "error",
+            "usage": None, "timing": None, "error": message}
+
+
+# ---------------------------------------------------------------------------------------------
+# Durable, ordered output
+
+
+def _read_complete_lines(path: Path, *, truncate: bool, key: str = "id") -> list[dict]:
+    """The JSON rows of a JSONL file we wrote; a torn last line (a killed write) is cut off."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # after the last newline: empty, or a torn write
+    rows: list[dict] = []
+    good_end = 0
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or key not in row:
+                raise ValueError
+        except ValueError:
+            if number == len(lines) and not tail:
+                break  # a garbled last line: also torn
+            raise EdgedsError(
+                f"{path}: line {number} is not an edgeds batch row; use --overwrite to start over "
+                "or choose another output file"
+            ) from None
+        rows.append(row)
+        good_end += len(line) + 1
+    if truncate and good_end != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+            f.flush()
+            os.fsync(f.fileno())
+    return rows
+
+
+class OrderedWriter:
+    """Writes rows in input order, durably; rows that finish early wait in a side journal."""
+
+    def __init__(self, path: Path, *, overwrite: bool):
+        self.path = path
+        self.pending_path = path.with_name(path.name + PENDING_SUFFIX)
+        if path.parent and not path.parent.exists():
+            raise EdgedsError(f"{path.parent}: no such directory for the output")
+        if overwrite:
+            for p in (path, self.pending_path):
+                p.unlink(missing_ok=True)
+        self.done_ids = {id_key(row["id"]) for row in _read_complete_lines(path, truncate=True)}
+        self.journal: dict[int, dict] = {}  # input index → row finished before a kill
+        for entry in _read_complete_lines(self.pending_path, truncate=True, key="index"):
+            row, index = entry.get("row"), entry.get("index")
+            if isinstance(row, dict) and isinstance(index, int) and id_key(row.get("id")) not in self.done_ids:
+                self.journal[index] = row
+        try:
+            self._out = open(path, "ab")
+            self._pending = open(self.pending_path, "ab")
+        except OSError as err:
+            raise EdgedsError(f"{path}: cannot write the output ({err.strerror})") from None
+        self._order: list[int] = []
+        self._next = 0
+        self._held: dict[int, dict] = {}
+
+    def expect(self, indexes: list[int]) -> None:
+        """The input indexes still to write, in input order."""
+        self._order = indexes
+
+    def put(self, index: int, row: dict) -> None:
+        """A finished row: written now if it is next in order, else journaled until its turn."""
+        if self._next < len(self._order) and self._order[self._next] == index:
+            self._write(self._out, row)
+            self._next += 1
+            while self._next < len(self._order) and self._order[self._next] in self._held:
+                self._write(self._out, self._held.pop(self._order[self._next]))
+                self._next += 1
+        else:
+            if self.journal.get(index) is not row:  # rows recovered from the journal are there already
+                self._write(self._pending, {"index": index, "row": row})
+            self._held[index] = row
+
+    @property
+    def complete(self) -> bool:
+        return self._next == len(self._order)
+
+    def _write(self, f, row: dict) -> None:
+        try:
+            f.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as err:
+            raise EdgedsError(f"{self.path}: cannot write the output ({err.strerror})") from None
+
+    def close(self) -> None:
+        self._out.close()
+        self._pending.close()
+        if self.complete:
+            self.pending_path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What one `edgeds batch` run did."""
+
+    output: str
+    rows: int  # rows in the input
+    skipped: int  # already in the output from an earlier run
+    completed: int  # rows written by this run without error
+    errors: int  # rows written by this run with an error
+    generated_tokens: int
+    elapsed_s: float
+    rows_per_s: float
+    tok_per_s: float
+    interrupted: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        state = "interrupted (rerun the same command to resume)" if self.interrupted else "done"
+        return (f"edgeds batch: {state}: {self.completed} ok, {self.errors} errors, {self.skipped} already done "
+                f"of {self.rows} rows in {self.elapsed_s:.1f} s · {self.rows_per_s:.2f} rows/s · "
+                f"{self.tok_per_s:.1f} tok/s → {self.output}")
+
+
+def run_batch(
+    input_path: Path,
+    output_path: Path,
+    backend: Backend,
+    *,
+    defaults: GenerationParams = GenerationParams(),
+    parallel: int = 1,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> Summary:
+    """Run every row of `input_path` not yet in `output_path` on `backend`.
+
+    Raises:
+        EdgedsError: the input cannot be read, or the output is not an edgeds batch file.
+    """
+    rows = read_rows(input_path, defaults)
+    writer = OrderedWriter(output_path, overwrite=overwrite)
+    todo = [row for row in rows if id_key(row.id) not in writer.done_ids]
+    writer.expect([row.index for row in todo])
+    results: queue.Queue[tuple[Row, dict]] = queue.Queue()
+    handles: dict[int, object] = {}
+    bar = _progress_bar(len(todo), progress)
+    t0 = time.perf_counter()
+    completed = errors = tokens = 0
+    interrupted = False
+    waiting = iter(todo)
+    in_flight = 0
+    limit = max(2 * parallel, 2)
+
+    def start(row: Row) -> bool:
+        """Submit a row, or finish it at once; True if it now runs."""
+        if id_key(writer.journal.get(row.index, {}).get("id")) == id_key(row.id):
+            results.put((row, writer.journal[row.index]))
+            return False
+        if row.error:
+            results.put((row, error_row(row.id, row.error)))
+            return False
+        try:
+            handles[row.index] = backend.submit(row.messages, row.params,
+                                                lambda c, row=row: results.put((row, result_row(row, c))))
+        except EdgedsError as err:
+            results.put((row, error_row(row.id, f"line {row.line}: key {row.key!r}: {err}")))
+            return False
+        return True
+
+    try:
+        remaining = len(todo)
+        while remaining:
+            for row in waiting:
+                in_flight += start(row)
+                if in_flight >= limit:
+                    break
+            row, out = results.get()
+            if row.index in handles:
+                handles.pop(row.index)
+                in_flight -= 1
+            if out.get("finish_reason") == "cancelled":
+                continue  # never written: the next run does it again
+            writer.put(row.index, out)
+            remaining -= 1
+            if out["error"]:
+                errors += 1
+            else:
+                completed += 1
+                tokens += out["usage"]["reasoning_tokens"] + out["usage"]["answer_tokens"]
+            if bar is not None:
+                bar.update(1)
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix_str(f"{tokens / elapsed:.1f} tok/s" if elapsed > 0 else "", refresh=False)
+    except KeyboardInterrupt:
+        interrupted = True
+        for handle in handles.values():
+            getattr(handle, "cancel", lambda: None)()
+    finally:
+        if bar is not None:
+            bar.close()
+        writer.close()
+    elapsed = time.perf_counter() - t0
+    done = completed + errors
+    return Summary(
+        output=str(output_path), rows=len(rows), skipped=len(rows) - len(todo), completed=completed,
+        errors=errors, generated_tokens=tokens, elapsed_s=round(elapsed, 3),
+        rows_per_s=round(done / elapsed, 3) if elapsed > 0 else 0.0,
+        tok_per_s=round(tokens / elapsed, 2) if elapsed > 0 else 0.0, interrupted=interrupted,
+    )
+
+
+def _progress_bar(total: int, enabled: bool | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled or not total:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="row", file=sys.stderr, dynamic_ncols=True, desc="batch")
+
+
+def check_paths(input_path: Path, output_path: Path) -> None:
+    if input_path.resolve() == output_path.resolve():
+        raise UsageError("the output file must not be the input file")
+    if not input_path.is_file():
+        raise EdgedsError(f"{input_path}: no such input file")
+
+
+def iter_jsonl(path: Path) -> Iterator[dict]:
+    """The rows of an output file (for tests and scripts)."""
+    yield from _read_complete_lines(path, truncate=False)

@@ -1,0 +1,331 @@
+"""Scheduler: several conversations decoded together in one llama.cpp context.
+
+Like llama-server's slots: the context holds `parallel` sequences whose KV cache is shared;
+each step puts one llama_batch together carrying the next token of every running sequence
+and, in the room left, prompt tokens of newly admitted ones (each under its own seq_id).
+Every sequence is drawn by its own llama.cpp sampler chain from its own batch row, so its
+seed alone decides its samples. When a sequence finishes, its KV cells are dropped and the
+next waiting request takes the slot at once (continuous batching); a new request never
+interrupts a running one.
+
+`edgeds batch` and `edgeds serve` both run on this; the single-sequence `Engine` lends its
+model, chat template and defaults.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from edgeds.errors import ContextOverflow, EdgedsError
+from edgeds.events import Answer, Done, Event, Reasoning, Stats
+from edgeds.runtime.engine import Engine, PhaseStream
+from edgeds.runtime.llama import Context, Sampler, SamplingParams
+from edgeds.runtime.params import GenerationParams
+
+DEFAULT_SEQ_CTX = 4096
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole generation: the joined reasoning and answer, and its stats."""
+
+    reasoning: str
+    answer: str
+    stats: Stats
+
+
+class Request:
+    """One submitted conversation. Iterate `events()` (from any thread) or wait for `result()`."""
+
+    def __init__(self, tokens: list[int], opens_think: bool, params: GenerationParams,
+                 on_done: Callable[[Completion], None] | None):
+        self.tokens = tokens
+        self.opens_think = opens_think
+        self.params = params
+        self.on_done = on_done
+        self.completion: Completion | None = None
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._finished = threading.Event()
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop at the next step; the generation ends with finish_reason cancelled."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def events(self) -> Iterator[Event]:
+        """Reasoning/Answer deltas as they are generated, then one Done."""
+        while True:
+            event = self._events.get()
+            yield event
+            if isinstance(event, Done):
+                return
+
+    def result(self, timeout: float | None = None) -> Completion:
+        if not self._finished.wait(timeout):
+            raise TimeoutError("the generation has not finished")
+        assert self.completion is not None
+        return self.completion
+
+
+class _Slot:
+    """A running sequence: its position, sampler, text and timing."""
+
+    def __init__(self, seq: int, request: Request, sampler: Sampler, phases: PhaseStream):
+        self.seq = seq
+        self.request = request
+        self.sampler = sampler
+        self.phases = phases
+        self.fed = 0  # prompt tokens decoded so far
+        self.pos = 0  # next KV position
+        self.last: int | None = None  # sampled token not yet decoded
+        self.generated = 0
+        self.reasoning: list[str] = []
+        self.answer: list[str] = []
+        self.t_start = time.perf_counter()
+        self.t_prompt: float | None = None
+        self.t_first: float | None = None
+
+
+class Scheduler:
+    """Decode up to `parallel` conversations together on `engine`'s model.
+
+    Args:
+        engine: lends the loaded model, chat template, system-prompt rule and defaults (its
+            own single-sequence context stays unused; open it with a small n_ctx).
+        parallel: sequences decoded together (slots).
+        seq_ctx: context length of each sequence; the shared KV cache holds parallel × seq_ctx.
+        n_batch: most tokens in one llama_batch (prompt chunks fill what decoding leaves).
+
+    Each sequence has its own KV stream (kv_unified off): attention then never runs over
+    another sequence's cells, so a sequence's logits do not depend on what runs beside it
+    and one seed gives the same text whatever `parallel` is (with a unified cache greedy
+    outputs drifted between --parallel 1 and 4 on SmolLM2).
+    """
+
+    def __init__(self, engine: Engine, *, parallel: int = 4, seq_ctx: int | None = None,
+                 n_threads: int | None = None, n_batch: int = 512):
+        if parallel < 1:
+            raise ValueError("parallel must be at least 1")
+        self.engine = engine
+        self.model = engine.model
+        self.parallel = parallel
+        self.seq_ctx = seq_ctx or min(DEFAULT_SEQ_CTX, self.model.n_ctx_train or DEFAULT_SEQ_CTX)
+        self.n_batch = max(n_batch, parallel)
+        self.ctx = Context(self.model, n_ctx=parallel * self.seq_ctx, n_batch=self.n_batch,
+                           n_seq_max=parallel, n_threads=n_threads or engine.n_threads, kv_unified=False)
+        self._waiting: deque[Request] = deque()
+        self._slots: dict[int, _Slot] = {}
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="edgeds-scheduler", daemon=True)
+        self._thread.start()
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def submit(self, messages: list[dict], params: GenerationParams | None = None,
+               on_done: Callable[[Completion], None] | None = None) -> Request:
+        """Queue a conversation; it starts as soon as a slot is free. `on_done` gets the
+        Completion on the scheduler's thread (keep it short: hand it to a queue).
+
+        The prompt is rendered and tokenized here, so a bad conversation fails at once.
+
+        Raises:
+            ContextOverflow: the prompt does not fit in one sequence's context.
+            EdgedsError: a bad message list or chat template.
+        """
+        tokens, opens_think = self.engine.prompt_tokens(messages)
+        if not tokens:
+            raise EdgedsError("the prompt renders to no tokens")
+        if len(tokens) >= self.seq_ctx:
+            raise ContextOverflow(
+                f"the prompt is {len(tokens)} tokens but a sequence's context holds {self.seq_ctx}"
+            )
+        request = Request(tokens, opens_think, self.engine.defaults.apply(params), on_done)
+        with self._wake:
+            if self._closing:
+                raise RuntimeError("the scheduler is closed")
+            self._waiting.append(request)
+            self._wake.notify()
+        return request
+
+    def generate(self, messages: list[dict], params: GenerationParams | None = None) -> Iterator[Event]:
+        """Like Engine.generate, sharing the slots with every other caller."""
+        request = self.submit(messages, params)
+        try:
+            yield from request.events()
+        finally:
+            request.cancel()  # a consumer that stops early frees its slot
+
+    # -- the decode loop -------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closing and not self._waiting and not self._slots:
+                    self._wake.wait()
+                if self._closing:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except Exception as err:  # noqa: BLE001 - every running sequence reports it
+                for slot in list(self._slots.values()):
+                    self._finish(slot, "error", f"{type(err).__name__}: {err}")
+                self.ctx.clear()
+        for slot in list(self._slots.values()):
+            self._finish(slot, "cancelled")
+        while self._waiting:
+            self._reject(self._waiting.popleft(), "cancelled")
+
+    def _admit(self) -> None:
+        free = [seq for seq in range(self.parallel) if seq not in self._slots]
+        while free and self._waiting:
+            request = self._waiting.popleft()
+            if request.cancelled:
+                self._reject(request, "cancelled")
+                continue
+            params = request.params
+            try:
+                sampler = Sampler(self.model, SamplingParams(
+                    temperature=params.temperature, top_p=params.top_p, seed=params.seed, grammar=params.grammar))
+            except Exception as err:  # noqa: BLE001 - a bad grammar fails this request only
+                self._reject(request, "error", str(err))
+                continue
+            seq = free.pop(0)
+            self.ctx.forget(seq)
+            self._slots[seq] = _Slot(seq, request, sampler, PhaseStream(self.model, request.opens_think))
+
+    def _step(self) -> None:
+        items: list[tuple[int, int, int, bool]] = []
+        rows: list[_Slot] = []  # slots that get logits, in batch-row order
+        for slot in list(self._slots.values()):
+            if slot.request.cancelled:
+                self._finish(slot, "cancelled")
+            elif slot.last is not None:
+                items.append((slot.last, slot.pos, slot.seq, True))
+                rows.append(slot)
+        for slot in list(self._slots.values()):
+            room = self.n_batch - len(items)
+            if room <= 0:
+                break
+            if slot.last is not None or slot.fed >= len(slot.request.tokens):
+                continue
+            chunk = slot.request.tokens[slot.fed: slot.fed + room]
+            end = slot.fed + len(chunk)
+            for i, token in enumerate(chunk):
+                last = slot.fed + i == len(slot.request.tokens) - 1
+                items.append((token, slot.fed + i, slot.seq, last))
+            if end == len(slot.request.tokens):
+                rows.append(slot)
+            slot.fed = end
+        if not items:
+            return
+        self.ctx.decode(items)
+        logit_rows = [i for i, item in enumerate(items) if item[3]]
+        for row, slot in zip(logit_rows, rows):
+            if slot.last is None:  # its prompt just finished
+                slot.pos = len(slot.request.tokens)
+                slot.t_prompt = time.perf_counter()
+            else:
+                slot.pos += 1
+            self._sample(slot, row)
+
+    def _sample(self, slot: _Slot, row: int) -> None:
+        token = slot.sampler.sample(self.ctx, row)
+        if slot.t_first is None:
+            slot.t_first = time.perf_counter()
+        if self.model.is_eog(token):
+            self._finish(slot, "stop")
+            return
+        slot.generated += 1
+        self._emit(slot, slot.phases.push(token))
+        if slot.generated >= slot.request.params.max_tokens or slot.pos + 1 >= self.seq_ctx:
+            self._finish(slot, "length")
+            return
+        slot.last = token
+
+    def _emit(self, slot: _Slot, events: list[Event]) -> None:
+        for event in events:
+            (slot.reasoning if isinstance(event, Reasoning) else slot.answer).append(event.text)
+            slot.request._events.put(event)
+
+    def _finish(self, slot: _Slot, finish: str, error: str | None = None) -> None:
+        del self._slots[slot.seq]
+        self.ctx.forget(slot.seq)
+        slot.sampler.close()
+        self._emit(slot, slot.phases.finish())
+        t_end = time.perf_counter()
+        n_prompt = len(slot.request.tokens)
+        prompt_s = (slot.t_prompt or t_end) - slot.t_start
+        decode_s = t_end - (slot.t_first or t_end)
+        stats = Stats(
+            prompt_tokens=n_prompt,
+            reasoning_tokens=slot.phases.reasoning_tokens,
+            answer_tokens=slot.phases.answer_tokens,
+            ttft_s=round((slot.t_first or t_end) - slot.t_start, 4),
+            prompt_tok_s=round(n_prompt / prompt_s, 2) if slot.t_prompt and prompt_s > 0 else 0.0,
+            decode_tok_s=round((slot.generated - 1) / decode_s, 2) if slot.generated > 1 and decode_s > 0 else 0.0,
+            finish_reason=finish,  # type: ignore[arg-type]
+            error=error,
+        )
+        self._done(slot.request, Completion("".join(slot.reasoning), "".join(slot.answer), stats))
+
+    def _reject(self, request: Request, finish: str, error: str | None = None) -> None:
+        stats = Stats(prompt_tokens=len(request.tokens), finish_reason=finish, error=error)  # type: ignore[arg-type]
+        self._done(request, Completion("", "", stats))
+
+    def _done(self, request: Request, completion: Completion) -> None:
+        request.completion = completion
+        request._events.put(Done(completion.stats))
+        request._finished.set()
+        if request.on_done is not None:
+            try:
+                request.on_done(completion)
+            except Exception:  # noqa: BLE001 - a caller's callback must not stop the decode loop
+                import traceback
+
+                traceback.print_exc()
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel what runs or waits, stop the loop and free the context (not the engine)."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+        self.ctx.close()
+
+    def __enter__(self) -> "Scheduler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+
+def open_scheduler(spec, *, parallel: int = 4, seq_ctx: int | None = None,
+                   n_threads: int | None = None) -> Scheduler:
+    """Load the model `spec` names (a GGUF path or a registry id) and put a scheduler on it."""
+    from edgeds.loader import open_engine
+
+    # The engine's own single-sequence context goes unused here: keep it at the minimum.
+    engine = open_engine(spec, n_ctx=256, n_threads=n_threads)
+    try:
+        return Scheduler(engine, parallel=parallel, seq_ctx=seq_ctx, n_threads=n_threads)
+    except BaseException:
+        engine.close()
+        raise
