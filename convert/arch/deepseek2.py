@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeds.convert.plan import TensorPlan
+from edgeds.convert.plan import TensorPlan, single
 from edgeds.errors import ConversionError
 
 HF_ARCHITECTURES = ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
@@ -164,10 +164,6 @@ def metadata(cfg: Mapping[str, Any]) -> dict[str, object]:
     return meta
 
 
-def _read(name: str, ckpt) -> Iterator[np.ndarray]:
-    yield ckpt.read(name)
-
-
 def _stack(names: tuple[str, ...], ckpt) -> Iterator[np.ndarray]:
     for name in names:
         yield ckpt.read(name)
@@ -179,10 +175,6 @@ def _mla_split(name: str, heads: int, nope: int, v_dim: int, part: str, ckpt) ->
     per_head = kv_b.reshape(heads, nope + v_dim, kv_b.shape[-1])
     for h in range(heads):
         yield np.ascontiguousarray(per_head[h, :nope].T) if part == "k" else per_head[h, nope:]
-
-
-def _tensor(ckpt, gguf: str, src: str, keep_f32: bool) -> TensorPlan:
-    return TensorPlan(gguf, tuple(ckpt.shape(src)), (src,), partial(_read, src), keep_f32)
 
 
 def plan(cfg: Mapping[str, Any], ckpt) -> list[TensorPlan]:
@@ -202,7 +194,7 @@ def plan(cfg: Mapping[str, Any], ckpt) -> list[TensorPlan]:
     n_experts = int(_need(cfg, "n_routed_experts"))
     q_lora = cfg.get("q_lora_rank") is not None
 
-    hot = [_tensor(ckpt, "token_embd.weight", need("model.embed_tokens.weight"), False)]
+    hot = [single(ckpt, "token_embd.weight", need("model.embed_tokens.weight"))]
     experts: list[TensorPlan] = []
     for i in range(layers):
         hf, blk = f"model.layers.{i}.", f"blk.{i}."
@@ -210,7 +202,7 @@ def plan(cfg: Mapping[str, Any], ckpt) -> list[TensorPlan]:
             uses_q_lora = suffix.startswith(("self_attn.q_a_", "self_attn.q_b_"))
             if suffix == "self_attn.q_proj.weight" and q_lora or uses_q_lora and not q_lora:
                 continue
-            hot.append(_tensor(ckpt, blk + gguf, need(hf + suffix), keep))
+            hot.append(single(ckpt, blk + gguf, need(hf + suffix), keep_f32=keep))
             if suffix == "self_attn.kv_a_layernorm.weight":  # k_b / v_b follow the latent norm
                 kv_b = need(hf + "self_attn.kv_b_proj.weight")
                 if tuple(ckpt.shape(kv_b)) != (heads * (nope + v_dim), kv_lora):
@@ -221,12 +213,12 @@ def plan(cfg: Mapping[str, Any], ckpt) -> list[TensorPlan]:
                 hot.append(TensorPlan(blk + "attn_v_b.weight", (heads, v_dim, kv_lora), (kv_b,),
                                       partial(_mla_split, kv_b, heads, nope, v_dim, "v")))
         if i < dense:
-            hot += [_tensor(ckpt, blk + gguf, need(hf + s), keep) for s, (gguf, keep) in DENSE_FFN.items()]
+            hot += [single(ckpt, blk + gguf, need(hf + s), keep_f32=keep) for s, (gguf, keep) in DENSE_FFN.items()]
             continue
         for suffix, (gguf, keep) in MOE_HOT.items():
             if suffix in OPTIONAL and hf + suffix not in names:
                 continue
-            hot.append(_tensor(ckpt, blk + gguf, need(hf + suffix), keep))
+            hot.append(single(ckpt, blk + gguf, need(hf + suffix), keep_f32=keep))
         for suffix, gguf in EXPERTS.items():
             sources = tuple(need(f"{hf}mlp.experts.{e}.{suffix}") for e in range(n_experts))
             shape = tuple(ckpt.shape(sources[0]))
@@ -234,7 +226,7 @@ def plan(cfg: Mapping[str, Any], ckpt) -> list[TensorPlan]:
                 if tuple(ckpt.shape(src)) != shape:
                     raise ConversionError(f"checkpoint: {src} has shape {ckpt.shape(src)}, expert 0 has {shape}")
             experts.append(TensorPlan(blk + gguf, (n_experts, *shape), sources, partial(_stack, sources)))
-    hot.append(_tensor(ckpt, "output_norm.weight", need("model.norm.weight"), True))
+    hot.append(single(ckpt, "output_norm.weight", need("model.norm.weight"), keep_f32=True))
     if not cfg.get("tie_word_embeddings"):
-        hot.append(_tensor(ckpt, "output.weight", need("lm_head.weight"), False))
+        hot.append(single(ckpt, "output.weight", need("lm_head.weight")))
     return hot + experts
