@@ -1,0 +1,200 @@
+"""edgeds.convert: Hugging Face safetensors checkpoints → GGUF files llama.cpp loads.
+
+    from edgeds.convert import convert
+    convert("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "r1-1.5b.gguf", outtype="q8_0")
+
+The pipeline: resolve the source folder (downloading config, tokenizer and safetensors only) →
+read headers (checkpoint.py) → pick the architecture module (arch/) → plan every output tensor
+(plan.py) and check nothing is left over → size the file and check the disk → stream tensor by
+tensor into `OUT.partial` (gguf_writer.py) → rename to OUT. Any failure removes the partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from edgeds.errors import ConversionError
+
+__all__ = ["OUTTYPES", "convert", "prepare", "resolve_source"]
+
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+DOWNLOAD_PATTERNS = [
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "chat_template.jinja", "*.safetensors", "model.safetensors.index.json",
+]
+DISK_MARGIN = 16 << 20
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_source(src: str | os.PathLike[str], *, revision: str | None = None) -> Path:
+    """A local checkpoint folder, or a hub repo id downloaded (config, tokenizer, safetensors only)."""
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return path
+    text = str(src)
+    if path.exists() or not _REPO_ID.match(text):
+        raise ConversionError(f"{text}: not a checkpoint folder (nor a Hugging Face repo id like owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, revision=revision, allow_patterns=DOWNLOAD_PATTERNS))
+    except Exception as err:  # the hub raises many kinds; each means the same to the user
+        raise ConversionError(f"{text}: cannot download from the Hugging Face hub ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'no detail'}); pass a local folder instead") from None
+
+
+def _general(folder: Path, cfg: Mapping[str, Any], arch: str, file_type: int) -> dict[str, object]:
+    name = str(cfg.get("_name_or_path") or folder.name).rstrip("/").split("/")[-1] or folder.name
+    return {
+        "general.architecture": arch,
+        "general.type": "model",
+        "general.name": name,
+        "general.file_type": file_type,
+        "general.quantization_version": 2,
+    }
+
+
+def prepare(folder: Path, outtype: str, extra_metadata: Mapping[str, object] | None = None):
+    """Everything short of writing: (checkpoint, plans, writer with metadata and tensor table)."""
+    from edgeds.convert import gguf_writer as gw
+    from edgeds.convert.arch import module_for
+    from edgeds.convert.checkpoint import Checkpoint
+    from edgeds.convert.tokenizer import vocab_metadata
+
+    if outtype not in OUTTYPES:
+        raise ConversionError(f"outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
+    ckpt = Checkpoint(folder)
+    cfg = ckpt.config
+    module = module_for(cfg, where=str(folder / "config.json"))
+    arch_meta = module.metadata(cfg)
+    plans = module.plan(cfg, ckpt)
+    _check_coverage(ckpt, plans, _skip_pattern(module, cfg))
+    vocab = vocab_metadata(folder, cfg.get("vocab_size"))
+
+    ttype, file_type = gw.OUTTYPES[outtype]
+    writer = gw.GGUFWriter()
+    for key, value in {**_general(folder, cfg, module.GGUF_ARCH, file_type), **arch_meta, **vocab,
+                       **(extra_metadata or {})}.items():
+        writer.add(key, value)
+    for p in plans:
+        writer.add_tensor(p.name, p.shape, _tensor_type(p, ttype))
+    return ckpt, plans, writer
+
+
+def _tensor_type(plan, ttype):
+    from edgeds.convert.gguf_writer import Q8_0_BLOCK, TensorType
+
+    if plan.keep_f32 or len(plan.shape) == 1:
+        return TensorType.F32
+    if ttype == TensorType.Q8_0 and plan.shape[-1] % Q8_0_BLOCK:
+        return TensorType.F16  # Q8_0 blocks run along rows; a row that does not fill them stays F16
+    return ttype
+
+
+def _skip_pattern(module, cfg):
+    if hasattr(module, "skip"):
+        return module.skip(cfg)
+    return getattr(module, "SKIP", None)
+
+
+def _check_coverage(ckpt, plans, skip) -> None:
+    consumed = {s for p in plans for s in p.sources}
+    left = [n for n in ckpt.names if n not in consumed and not (skip is not None and skip.search(n))]
+    if left:
+        more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
+        raise ConversionError(f"{ckpt.folder}: tensor {left[0]!r} maps to no GGUF tensor{more}")
+    seen: set[str] = set()
+    for p in plans:
+        if p.name in seen:
+            raise ConversionError(f"{ckpt.folder}: two source tensors map to GGUF tensor {p.name!r}")
+        seen.add(p.name)
+
+
+def _check_disk(out: Path, needed: int) -> None:
+    free = shutil.disk_usage(out.parent).free
+    if free < needed + DISK_MARGIN:
+        raise ConversionError(f"{out}: not enough disk space: the GGUF needs {needed / 2**20:.1f} MiB, "
+                              f"{free / 2**20:.1f} MiB free in {out.parent}")
+
+
+def convert(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    outtype: str = "f16",
+    *,
+    verify: bool = False,
+    progress: bool = True,
+    revision: str | None = None,
+    extra_metadata: Mapping[str, object] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Convert a Hugging Face checkpoint to one GGUF file.
+
+    Args:
+        src: a local folder with config.json, tokenizer.json and safetensors, or a hub repo id.
+        out: the GGUF path; written as `out.partial` and renamed when complete.
+        outtype: f32, f16, bf16 or q8_0 (norms, biases and other 1-D tensors stay F32).
+        verify: afterwards, compare the GGUF in llama.cpp with the source (see verify.py).
+        progress: a tqdm bar on stderr (tensors and bytes).
+        revision: hub revision when `src` is a repo id.
+        extra_metadata: more GGUF keys (e.g. edgeds.* layout keys).
+        log: where verification lines go (default: stderr).
+
+    Returns:
+        The path of the finished GGUF.
+
+    Raises:
+        ConversionError: anything wrong with the input or the disk; no OUT or OUT.partial is left.
+    """
+    out = Path(out).expanduser()
+    partial_path = out.with_name(out.name + ".partial")
+    if not out.parent.is_dir():
+        raise ConversionError(f"{out}: the folder {out.parent} does not exist")
+    if outtype not in OUTTYPES:
+        raise ConversionError(f"outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
+    folder = resolve_source(src, revision=revision)
+    ckpt, plans, writer = prepare(folder, outtype, extra_metadata)
+    _check_disk(out, writer.total_size)
+    _write(ckpt, plans, writer, partial_path, progress)
+    os.replace(partial_path, out)
+    if verify:
+        from edgeds.convert.verify import verify as run_verify
+
+        report = run_verify(out, folder)
+        for line in report.lines():
+            (log or (lambda s: print(s, file=sys.stderr)))(line)
+        report.raise_if_failed(out)
+    return out
+
+
+def _write(ckpt, plans, writer, partial_path: Path, progress: bool) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(t.nbytes for t in writer.tensors), unit="B", unit_scale=True, unit_divisor=1024,
+               desc="converting", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    try:
+        try:
+            writer.open(partial_path)
+        except OSError as err:
+            raise ConversionError(f"{partial_path}: cannot create ({err.strerror})") from None
+        for i, p in enumerate(plans, start=1):
+            bar.set_postfix_str(f"tensor {i}/{len(plans)}", refresh=False)
+            try:
+                bar.update(writer.write(p.name, p.produce(ckpt)))
+            except OSError as err:
+                if err.errno == 28:  # ENOSPC: the disk filled up after the check
+                    raise ConversionError(f"{partial_path}: the disk is full") from None
+                raise ConversionError(f"{partial_path}: write failed ({err.strerror or err})") from None
+        writer.close()
+    except BaseException:
+        writer.close()
+        partial_path.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()

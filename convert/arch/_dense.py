@@ -1,0 +1,122 @@
+"""What the dense llama-family architectures (qwen2, llama, qwen3) share.
+
+The per-layer name table, the generic hyperparameter keys, rope scaling, tied embeddings.
+Each architecture file passes its own table and transforms.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from edgeds.convert.plan import TensorPlan, single
+from edgeds.errors import ConversionError
+
+# HF name under `model.layers.{i}.` → GGUF name under `blk.{i}.`; names ending in .bias are optional
+LAYER = {
+    "input_layernorm.weight":          "attn_norm.weight",
+    "self_attn.q_proj.weight":         "attn_q.weight",
+    "self_attn.q_proj.bias":           "attn_q.bias",
+    "self_attn.k_proj.weight":         "attn_k.weight",
+    "self_attn.k_proj.bias":           "attn_k.bias",
+    "self_attn.v_proj.weight":         "attn_v.weight",
+    "self_attn.v_proj.bias":           "attn_v.bias",
+    "self_attn.o_proj.weight":         "attn_output.weight",
+    "self_attn.o_proj.bias":           "attn_output.bias",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight":            "ffn_gate.weight",
+    "mlp.up_proj.weight":              "ffn_up.weight",
+    "mlp.down_proj.weight":            "ffn_down.weight",
+}
+
+
+def need(cfg: Mapping[str, Any], key: str) -> Any:
+    value = cfg.get(key)
+    if value is None:
+        raise ConversionError(f"config.json: {key!r} is missing")
+    return value
+
+
+def head_dim(cfg: Mapping[str, Any]) -> int:
+    return int(cfg.get("head_dim") or int(need(cfg, "hidden_size")) // int(need(cfg, "num_attention_heads")))
+
+
+def rope(cfg: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, scaling or None) from the legacy keys or transformers 5's `rope_parameters`."""
+    params = cfg.get("rope_parameters") or {}
+    scaling = cfg.get("rope_scaling") or params
+    theta = cfg.get("rope_theta", params.get("rope_theta", 10000.0))
+    kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
+    return float(theta), (None if kind == "default" else dict(scaling, type=kind))
+
+
+def skip(cfg: Mapping[str, Any]) -> re.Pattern[str]:
+    """Rotary caches some checkpoints carry, and lm_head when it is tied to the embedding."""
+    tied = "|^lm_head\\.weight$" if cfg.get("tie_word_embeddings") else ""
+    return re.compile(rf"\.rotary_emb\.inv_freq${tied}")
+
+
+def metadata(arch: str, cfg: Mapping[str, Any], *, scalings: tuple[str, ...] = ("linear", "yarn")) -> dict[str, object]:
+    """The generic `<arch>.*` keys, plus rope scaling of the kinds listed."""
+    theta, scaling = rope(cfg)
+    heads = int(need(cfg, "num_attention_heads"))
+    meta: dict[str, object] = {
+        f"{arch}.block_count": int(need(cfg, "num_hidden_layers")),
+        f"{arch}.context_length": int(need(cfg, "max_position_embeddings")),
+        f"{arch}.embedding_length": int(need(cfg, "hidden_size")),
+        f"{arch}.feed_forward_length": int(need(cfg, "intermediate_size")),
+        f"{arch}.attention.head_count": heads,
+        f"{arch}.attention.head_count_kv": int(cfg.get("num_key_value_heads") or heads),
+        f"{arch}.rope.freq_base": theta,
+        f"{arch}.attention.layer_norm_rms_epsilon": float(need(cfg, "rms_norm_eps")),
+    }
+    if cfg.get("head_dim"):
+        meta[f"{arch}.attention.key_length"] = int(cfg["head_dim"])
+        meta[f"{arch}.attention.value_length"] = int(cfg["head_dim"])
+    if scaling is not None:
+        kind = scaling["type"]
+        if kind not in scalings:
+            raise ConversionError(f"config.json: rope scaling type {kind!r} is not supported for {arch} "
+                                  f"(supported: {', '.join(scalings)})")
+        if kind in ("linear", "yarn"):
+            meta[f"{arch}.rope.scaling.type"] = kind
+            meta[f"{arch}.rope.scaling.factor"] = float(need(scaling, "factor"))
+        if kind == "yarn" and scaling.get("original_max_position_embeddings"):
+            meta[f"{arch}.rope.scaling.original_context_length"] = int(scaling["original_max_position_embeddings"])
+    return meta
+
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def plan(
+    cfg: Mapping[str, Any],
+    ckpt,
+    table: Mapping[str, str],
+    *,
+    transforms: Mapping[str, Transform] | None = None,
+    extra: tuple[TensorPlan, ...] = (),
+) -> list[TensorPlan]:
+    """token_embd, `extra` (computed tensors), every block by `table`, output_norm, output."""
+    names = set(ckpt.names)
+    transforms = transforms or {}
+
+    def required(name: str) -> str:
+        if name not in names:
+            raise ConversionError(f"{ckpt.folder}: tensor {name!r} is missing from the checkpoint")
+        return name
+
+    plans = [single(ckpt, "token_embd.weight", required("model.embed_tokens.weight")), *extra]
+    for i in range(int(need(cfg, "num_hidden_layers"))):
+        for suffix, gguf in table.items():
+            src = f"model.layers.{i}.{suffix}"
+            if suffix.endswith(".bias") and src not in names:
+                continue
+            plans.append(single(ckpt, f"blk.{i}.{gguf}", required(src), transform=transforms.get(suffix)))
+    plans.append(single(ckpt, "output_norm.weight", required("model.norm.weight"), keep_f32=True))
+    if not cfg.get("tie_word_embeddings") and "lm_head.weight" in names:
+        plans.append(single(ckpt, "output.weight", "lm_head.weight"))
+    return plans

@@ -1,0 +1,78 @@
+"""The tensor plan: what each output tensor is called, its shape, and how to produce it.
+
+An architecture module (convert/arch/<name>.py) turns a config and a checkpoint's tensor table
+into a list of `TensorPlan`s in file order, without reading any tensor data. The core then
+checks the plan (every source consumed, names unique), sizes the output, and streams each
+tensor's pieces straight to the GGUF writer.
+
+Contract with architecture modules:
+- `HF_ARCHITECTURES: tuple[str, ...]`, `GGUF_ARCH: str`
+- `metadata(cfg) -> dict[str, object]`: full `<arch>.*` keys (no general.*, no tokenizer.*);
+  int → uint32, float → float32, bool → bool, str → string.
+- `plan(cfg, ckpt) -> list[TensorPlan]`
+- optional `SKIP: re.Pattern` or `skip(cfg) -> re.Pattern`: source tensors deliberately left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from edgeds.convert.checkpoint import Checkpoint
+
+PIECE_BYTES = 32 << 20  # float32 bytes per piece when a single source tensor is streamed in row blocks
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """One output tensor.
+
+    Attributes:
+        name: GGUF tensor name, e.g. "blk.0.attn_q.weight".
+        shape: numpy (row-major) shape of the output array.
+        sources: HF tensor names this output consumes (for the leftover check).
+        produce: yields float32 pieces in order; their flattened concatenation is the tensor.
+            Each piece holds whole rows (a multiple of shape[-1] values) and is bounded in size.
+        keep_f32: norms, biases, router, 1-D tensors: always F32 whatever the outtype.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    sources: tuple[str, ...]
+    produce: Callable[["Checkpoint"], Iterator[np.ndarray]]
+    keep_f32: bool = False
+
+
+def _rows(src: str, transform: Callable[[np.ndarray], np.ndarray] | None, ckpt: "Checkpoint") -> Iterator[np.ndarray]:
+    if transform is not None:
+        yield transform(ckpt.read(src))
+    else:
+        yield from ckpt.iter_rows(src, PIECE_BYTES)
+
+
+def single(
+    ckpt: "Checkpoint",
+    name: str,
+    src: str,
+    *,
+    keep_f32: bool = False,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> TensorPlan:
+    """The common case: one source tensor, same shape, optionally transformed as a whole.
+
+    Without a transform the tensor streams in row blocks of at most PIECE_BYTES, so even a
+    vocabulary-sized embedding never sits in memory whole.
+    """
+    shape = tuple(ckpt.shape(src))
+    return TensorPlan(name, shape, (src,), partial(_rows, src, transform), keep_f32 or len(shape) == 1)
+
+
+def computed(name: str, values: np.ndarray) -> TensorPlan:
+    """A tensor computed from the config alone (e.g. llama3's rope_freqs), always F32."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    return TensorPlan(name, values.shape, (), lambda _ckpt: iter((values,)), True)
