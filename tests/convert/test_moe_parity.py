@@ -210,26 +210,39 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def converted_moe(tmp_path_factory):
-    """Build, convert (edgeds, F32) and evaluate each tiny checkpoint once per module."""
-    import importlib
-
+def moe_source(tmp_path_factory):
+    """Build each tiny checkpoint once per module: (HF folder, reference folder for transformers)."""
     from tests import tiny_moe_checkpoints as tiny
 
-    convert = getattr(importlib.import_module("edgeds.convert"), "convert", None)
-    if convert is None:
-        pytest.skip("the converter core (edgeds.convert.convert) is not in this tree yet")
+    cache: dict[str, tuple[Path, Path]] = {}
 
-    cache: dict[str, tuple] = {}
-
-    def _get(case: str):
+    def _get(case: str) -> tuple[Path, Path]:
         if case not in cache:
             builder, kwargs = CASES[case]
             root = tmp_path_factory.mktemp(case)
             source = getattr(tiny, builder)(root / "hf", **kwargs)
             reference = tiny.dequantized_twin(source, root / "twin") if case.endswith("fp8") else source
-            gguf_path = convert(source, root / f"{case}.gguf", outtype="f32", progress=False)
-            cache[case] = (source, reference, Path(gguf_path))
+            cache[case] = (source, reference)
+        return cache[case]
+
+    return _get
+
+
+@pytest.fixture(scope="module")
+def converted_moe(moe_source, tmp_path_factory):
+    """Convert (edgeds, F32) each tiny checkpoint once per module: (source, reference, GGUF path)."""
+    import importlib
+
+    convert = getattr(importlib.import_module("edgeds.convert"), "convert", None)
+    if convert is None:
+        pytest.skip("the converter core (edgeds.convert.convert) is not in this tree yet")
+    cache: dict[str, tuple[Path, Path, Path]] = {}
+
+    def _get(case: str):
+        if case not in cache:
+            source, reference = moe_source(case)
+            out = tmp_path_factory.mktemp(f"{case}-gguf") / f"{case}.gguf"
+            cache[case] = (source, reference, Path(convert(source, out, outtype="f32", progress=False)))
         return cache[case]
 
     return _get
@@ -286,3 +299,42 @@ def test_file_layout_hot_first_experts_last_no_mtp(converted_moe):
     assert not [n for n in names if n.startswith("blk.3.")]  # the MTP layer (model.layers.3) is not converted
     assert {"blk.1.exp_probs_b.bias", "blk.1.ffn_gate_inp.weight", "blk.1.attn_k_b.weight", "blk.0.ffn_gate.weight"} <= set(names)
     assert "blk.1.attn_kv_b.weight" not in names  # split into attn_k_b / attn_v_b
+
+
+def _checkpoint(folder):
+    from edgeds.convert.checkpoint import Checkpoint
+
+    return Checkpoint(folder)
+
+
+def test_routed_experts_are_produced_one_expert_at_a_time(moe_source):
+    source, _ = moe_source("v3")
+    ckpt = _checkpoint(source)
+    plans = {p.name: p for p in _deepseek2().plan(ckpt.config, ckpt)}
+    gate = plans["blk.1.ffn_gate_exps.weight"]
+    assert gate.shape == (8, 32, 64) and len(gate.sources) == 8
+    pieces = list(gate.produce(ckpt))
+    assert [p.shape for p in pieces] == [(32, 64)] * 8
+    np.testing.assert_array_equal(pieces[5], ckpt.read("model.layers.1.mlp.experts.5.gate_proj.weight"))
+    k_b, v_b = plans["blk.1.attn_k_b.weight"], plans["blk.1.attn_v_b.weight"]
+    kv_b = ckpt.read("model.layers.1.self_attn.kv_b_proj.weight").reshape(4, 32 + 48, 96)
+    np.testing.assert_array_equal(np.stack(list(k_b.produce(ckpt))), kv_b[:, :32].transpose(0, 2, 1))
+    np.testing.assert_array_equal(np.stack(list(v_b.produce(ckpt))), kv_b[:, 32:])
+    assert plans["blk.1.ffn_gate_inp.weight"].keep_f32 and plans["blk.1.exp_probs_b.bias"].keep_f32
+    assert not plans["blk.1.attn_q_b.weight"].keep_f32
+
+
+def test_a_missing_expert_is_named(moe_source, tmp_path):
+    import shutil
+
+    from tests import tiny_moe_checkpoints as tiny
+
+    source, _ = moe_source("v3")
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    tensors = tiny._read_shards(broken)
+    del tensors["model.layers.2.mlp.experts.6.down_proj.weight"]
+    tiny._write_sharded(broken, tensors, [sorted(tensors)])
+    ckpt = _checkpoint(broken)
+    with pytest.raises(ConversionError, match=r"'model\.layers\.2\.mlp\.experts\.6\.down_proj\.weight' is missing"):
+        _deepseek2().plan(ckpt.config, ckpt)
