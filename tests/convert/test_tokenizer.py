@@ -12,7 +12,6 @@ import os
 import shutil
 from pathlib import Path
 
-import gguf
 import pytest
 
 from edgeds.convert.tokenizer import (
@@ -60,24 +59,14 @@ def _special_text(source: Path) -> str:
 
 
 def write_vocab_gguf(path: Path, arch: str, meta: dict[str, object]) -> None:
-    """A tensor-less GGUF holding `meta`, typed by the converter's convention (see convert/tokenizer.py)."""
-    writer = gguf.GGUFWriter(str(path), arch)
+    """A tensor-less GGUF holding `meta`, written by the converter's own GGUF writer."""
+    from edgeds.convert.gguf_writer import GGUFWriter
+
+    writer = GGUFWriter()
+    writer.add("general.architecture", arch)
     for key, value in meta.items():
-        if isinstance(value, bool):
-            writer.add_bool(key, value)
-        elif isinstance(value, int):
-            writer.add_uint32(key, value)
-        elif isinstance(value, float):
-            writer.add_float32(key, value)
-        elif isinstance(value, str):
-            writer.add_string(key, value)
-        elif isinstance(value, list):
-            writer.add_array(key, value)  # list[str] → string array, list[int] → int32 array
-        else:
-            raise TypeError(f"{key}: {type(value)}")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+        writer.add(key, value)
+    writer.open(path)
     writer.close()
 
 
