@@ -1,0 +1,100 @@
+"""The fit estimate against the buffer sizes llama.cpp itself reports when it loads a model
+(its log: "CPU_Mapped model buffer size", "KV buffer size", "compute buffer size"), on the
+real SmolLM2, the tiny R1-tokenizer Qwen2 and a tiny DeepSeek-V3 (MLA + MoE) model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from edgeds import fit
+from edgeds.gguf_info import read_gguf
+from edgeds.registry import load_registry
+
+MiB = 1 << 20
+
+
+def measured_buffers(path: Path, n_ctx: int) -> dict[str, float]:
+    from edgeds.runtime.llama import Context, Model, captured_llama_log
+
+    with captured_llama_log() as log:
+        model = Model(path)
+        ctx = Context(model, n_ctx=n_ctx, n_batch=512)
+    text = "".join(log)
+    ctx.close()
+    model.close()
+    found = {kind: sum(float(x) for x in re.findall(rf"{pattern} buffer size =\s+([\d.]+) MiB", text))
+             for kind, pattern in (("weights", r"\w+_Mapped model"), ("kv", r"KV"),
+                                   ("compute", r"compute"), ("output", r"output"))}
+    assert all(found[k] > 0 for k in ("weights", "kv", "compute")), text[-2000:]
+    return {k: v * MiB for k, v in found.items()}
+
+
+def check(path: Path, n_ctx: int) -> None:
+    got = measured_buffers(path, n_ctx)
+    est = fit.estimate_gguf(read_gguf(path), n_ctx)
+    pairs = {"weights": est.weights, "kv": est.kv_cache, "compute": est.compute}
+    for kind, value in pairs.items():
+        assert abs(value - got[kind]) <= 0.10 * got[kind] + 0.01 * MiB, (kind, value / MiB, got[kind] / MiB)
+    measured_total = sum(got.values())
+    estimated_total = est.weights + est.kv_cache + est.compute + est.output
+    assert abs(estimated_total - measured_total) <= 0.10 * measured_total
+
+
+@pytest.mark.parametrize("n_ctx", [512, 4096])
+def test_estimate_matches_llama_cpp_on_smollm2(smollm2_path, n_ctx):
+    check(smollm2_path, n_ctx)
+
+
+def test_estimate_matches_llama_cpp_on_tiny_r1(tiny_r1_gguf):
+    check(tiny_r1_gguf, 2048)
+
+
+@pytest.fixture(scope="module")
+def tiny_deepseek_v3_gguf(tmp_path_factory) -> Path:
+    from edgeds.convert import convert
+    from tests.tiny_moe_checkpoints import build_deepseek_v3
+
+    folder = tmp_path_factory.mktemp("tiny-v3")
+    hf = build_deepseek_v3(folder / "hf")
+    return Path(convert(hf, folder / "tiny-v3.gguf", outtype="f32", progress=False))
+
+
+def test_mla_kv_cache_matches_llama_cpp(tiny_deepseek_v3_gguf):
+    info = read_gguf(tiny_deepseek_v3_gguf)
+    geom = fit.Geometry.from_gguf(info)
+    assert geom.kv_lora_rank and geom.qk_rope_head_dim
+    assert info.expert_bytes > 0
+    check(tiny_deepseek_v3_gguf, 4096)
+
+
+def test_registry_geometry_kv_per_token():
+    reg = load_registry()
+    r1 = fit.Geometry.from_shape(reg.get("r1").shape)
+    assert r1.kv_bytes_per_token() == (512 + 64) * 61 * 2
+    small = fit.Geometry.from_shape(reg.get("r1-distill-qwen-1.5b").shape)
+    assert small.kv_bytes_per_token() == 2 * 2 * 128 * 28 * 2
+
+
+def test_plan_verdicts():
+    reg = load_registry()
+    GB = 10**9
+
+    def verdict(model_id, ram, vram, quant=None):
+        entry = reg.get(model_id)
+        source = entry.quant(quant)
+        return fit.plan(lambda n: fit.estimate_registry(entry, source, n),
+                        fit.Geometry.from_shape(entry.shape), entry.context_length, ram=ram, vram=vram)
+
+    small = verdict("r1-distill-qwen-1.5b", ram=16 * GB, vram=0)
+    assert small.mode == fit.CPU and small.max_ctx == 131072
+    assert verdict("r1-distill-qwen-1.5b", ram=16 * GB, vram=8 * GB).mode == fit.GPU
+    tight = verdict("r1-distill-qwen-7b", ram=6 * GB, vram=0)
+    assert tight.mode == fit.CPU and 1024 <= tight.max_ctx < 131072
+    assert tight.estimate.total <= 6 * GB
+    moe = verdict("v2-lite-chat", ram=32 * GB, vram=6 * GB)
+    assert moe.mode == fit.EXPERTS_OFFLOADED and moe.gpu_bytes < 6 * GB
+    assert verdict("r1", ram=24 * GB, vram=0).mode == fit.NO
+    assert verdict("r1-distill-llama-70b", ram=32 * GB, vram=24 * GB).mode == fit.PARTIAL
