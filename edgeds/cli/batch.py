@@ -24,7 +24,7 @@ def batch(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Default for rows without max_tokens."),
     temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="Default for rows without temperature (model default 0.6)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Default for rows without top_p (model default 0.95)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Default seed for rows without one: the same seed gives the same rows whatever --parallel is."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Default seed for rows without one, for repeatable rows (the same with any --parallel on quantized models)."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", min=256, help="Context length of each sequence (default 4096)."),
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file for every row."),
     json_summary: bool = typer.Option(False, "--json-summary", help="Print the summary as JSON on stdout."),
