@@ -1,0 +1,236 @@
+"""The chat app's widgets: prompt box, messages with a live "Thinking" section, sidebar, header.
+
+An assistant message streams its reasoning and its answer through `MarkdownStream`s (Textual
+batches the appends), and renders the whole answer once more when the turn ends, because a
+streamed append can leave half-open blocks (an unclosed code fence) rendered wrongly.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from textual import events
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import Collapsible, ListItem, ListView, Markdown, Static, TextArea
+from textual.widgets.markdown import MarkdownStream
+
+from edgeds.events import Stats
+from edgeds.store import Conversation
+
+# DeepSeek's official file-upload template (DeepSeek-R1 README, "Usage Recommendations").
+FILE_TEMPLATE = "[file name]: {name}\n[file content begin]\n{content}\n[file content end]\n{question}"
+_FILE_RE = re.compile(r"\A\[file name\]: (?P<name>[^\n]*)\n\[file content begin\]\n(?P<content>.*)\n\[file content end\]\n", re.S)
+_CODE_RE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+
+
+def with_file(name: str, content: str, question: str) -> str:
+    return FILE_TEMPLATE.format(name=name, content=content, question=question)
+
+
+def code_blocks(markdown: str) -> list[str]:
+    """The fenced code blocks of a Markdown text, in order."""
+    return [m.group(1).rstrip("\n") for m in _CODE_RE.finditer(markdown)]
+
+
+class PromptInput(TextArea):
+    """Multi-line prompt: Enter sends; Shift+Enter, Ctrl+J or Alt+Enter insert a newline."""
+
+    BINDINGS = [
+        Binding("enter", "submit", "Send", id="prompt.send", priority=True),
+        Binding("shift+enter,ctrl+j,alt+enter", "newline", "Newline", key_display="⇧↵/^J", id="prompt.newline", priority=True),
+    ]
+
+    @dataclass
+    class Submitted(Message):
+        prompt: PromptInput
+        text: str
+
+        @property
+        def control(self) -> PromptInput:
+            return self.prompt
+
+    def action_submit(self) -> None:
+        if self.text.strip():
+            self.post_message(self.Submitted(self, self.text))
+
+    def action_newline(self) -> None:
+        self.insert("\n")
+
+
+class UserMessage(Static):
+    """A user turn; an attached file shows as one line, not its whole content."""
+
+    def __init__(self, content: str, **kwargs):
+        self.text = content
+        match = _FILE_RE.match(content)
+        if match:
+            n = match.group("content").count("\n") + 1
+            shown = f"📎 {match.group('name')} ({n} lines)\n{content[match.end():]}"
+        else:
+            shown = content
+        super().__init__(shown, markup=False, **kwargs)
+
+
+class ThinkingSection(Collapsible):
+    """The reasoning of one reply: open while the model thinks, collapsed once it answers."""
+
+
+def stats_line(stats: Stats) -> str:
+    parts = [
+        f"ttft {stats.ttft_s:.2f}s",
+        f"{stats.decode_tok_s:.1f} tok/s",
+        f"{stats.completion_tokens} tokens"
+        + (f" ({stats.reasoning_tokens} thinking)" if stats.reasoning_tokens else ""),
+    ]
+    if stats.finish_reason != "stop":
+        parts.append(stats.finish_reason)
+    return " · ".join(parts)
+
+
+class AssistantMessage(Vertical):
+    """One assistant turn: Thinking section, answer Markdown, stats line."""
+
+    can_focus = False
+
+    def __init__(self, *, answer: str = "", reasoning: str = "", reasoning_s: float | None = None,
+                 finish_reason: str | None = None, stats: Stats | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.answer = answer
+        self.reasoning = reasoning
+        self.reasoning_pieces = 0
+        self.reasoning_s = reasoning_s
+        self.finish_reason = finish_reason
+        self.stats = stats
+        self.streaming = finish_reason is None
+        self._started = time.monotonic()
+        self._answer_stream: MarkdownStream | None = None
+        self._reasoning_stream: MarkdownStream | None = None
+        self._ticker = None
+
+    def compose(self) -> ComposeResult:
+        thinking = ThinkingSection(
+            Markdown(self.reasoning, classes="reasoning-text"),
+            title=self._thinking_title(), collapsed=not self.streaming, classes="thinking",
+        )
+        thinking.set_class(not (self.reasoning or self.streaming), "-empty")
+        yield thinking
+        yield Markdown(self.answer, classes="answer")
+        yield Static(self._footer(), classes="stats", markup=False)
+
+    def on_mount(self) -> None:
+        if self.streaming:
+            self._ticker = self.set_interval(0.25, self._tick)
+
+    @property
+    def thinking(self) -> ThinkingSection:
+        return self.query_one(ThinkingSection)
+
+    @property
+    def answer_view(self) -> Markdown:
+        return self.query_one(".answer", Markdown)
+
+    def _thinking_title(self) -> str:
+        if self.streaming and not self.answer:
+            seconds = time.monotonic() - getattr(self, "_started", time.monotonic())
+            return f"Thinking… {seconds:.1f}s · {self.reasoning_pieces} tokens"
+        tokens = self.stats.reasoning_tokens if self.stats else self.reasoning_pieces
+        seconds = f"{self.reasoning_s:.1f}s" if self.reasoning_s is not None else ""
+        return " · ".join(p for p in (f"Thought for {seconds}" if seconds else "Thoughts", f"{tokens} tokens" if tokens else "") if p)
+
+    def _footer(self) -> str:
+        if self.stats is not None:
+            return stats_line(self.stats)
+        if self.finish_reason and self.finish_reason != "stop":
+            return self.finish_reason
+        return "…" if self.streaming else ""
+
+    def _tick(self) -> None:
+        if self.streaming and not self.answer:
+            self.thinking.title = self._thinking_title()
+
+    async def add(self, reasoning: str, answer: str, reasoning_pieces: int) -> None:
+        """Stream new text in: reasoning into the open Thinking section, answer below it."""
+        if reasoning:
+            if not self.reasoning.strip() and not reasoning.strip():
+                return
+            self.reasoning += reasoning
+            self.reasoning_pieces += reasoning_pieces
+            if self._reasoning_stream is None:
+                self._reasoning_stream = Markdown.get_stream(self.query_one(".reasoning-text", Markdown))
+            await self._reasoning_stream.write(reasoning)
+            self.thinking.title = self._thinking_title()
+        if answer:
+            if not self.answer:
+                answer = answer.lstrip()
+                if not answer:
+                    return
+                self.reasoning_s = time.monotonic() - self._started
+                self.thinking.collapsed = True
+                if not self.reasoning.strip():
+                    self.thinking.add_class("-empty")
+                self._answer_stream = Markdown.get_stream(self.answer_view)
+            self.answer += answer
+            await self._answer_stream.write(answer)
+            self.thinking.title = self._thinking_title()
+
+    async def finish(self, stats: Stats | None, finish_reason: str) -> None:
+        """End the stream: one full render of the answer, title and stats settle."""
+        self.streaming = False
+        self.stats = stats
+        self.finish_reason = finish_reason
+        if self._ticker is not None:
+            self._ticker.stop()
+        for stream in (self._reasoning_stream, self._answer_stream):
+            if stream is not None:
+                await stream.stop()
+        if self.reasoning_s is None and self.reasoning:
+            self.reasoning_s = time.monotonic() - self._started
+        await self.answer_view.update(self.answer)
+        if self.reasoning:
+            await self.query_one(".reasoning-text", Markdown).update(self.reasoning)
+            self.thinking.collapsed = True
+        self.thinking.set_class(not self.reasoning.strip(), "-empty")
+        self.thinking.title = self._thinking_title()
+        self.query_one(".stats", Static).update(self._footer())
+        self.set_class(finish_reason in ("cancelled", "error"), "-interrupted")
+
+    def on_click(self, event: events.Click) -> None:
+        """Click copies the answer; a click on a code block copies just that block."""
+        widget = event.widget
+        fences = list(self.answer_view.query("MarkdownFence"))
+        while widget is not None and widget is not self:
+            if widget in fences:
+                blocks = code_blocks(self.answer)
+                index = fences.index(widget)
+                if index < len(blocks):
+                    self.app.copy_to_clipboard(blocks[index])
+                    self.app.notify("Code block copied")
+                    return
+            widget = widget.parent
+        if self.answer:
+            self.app.copy_to_clipboard(self.answer)
+            self.app.notify("Reply copied")
+
+
+class ChatHeader(Static):
+    """Model, quant, placement and context use."""
+
+
+class ConversationItem(ListItem):
+    def __init__(self, conversation: Conversation, **kwargs):
+        super().__init__(Static(conversation.title, markup=False), **kwargs)
+        self.conversation = conversation
+
+
+class ConversationList(ListView):
+    """The sidebar: stored conversations, newest first."""
+
+    def show(self, conversations: list[Conversation], current: int | None) -> None:
+        self.clear()
+        for conv in conversations:
+            self.append(ConversationItem(conv, classes="-current" if conv.id == current else ""))
