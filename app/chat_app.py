@@ -69,6 +69,14 @@ def placement_line(engine) -> str:
     return line
 
 
+def open_model(spec: str, *, n_ctx: int | None = None):
+    """A GGUF path or a downloaded registry id -> Engine (no downloads from inside the TUI)."""
+    from edgeds.loader import open_engine
+    from edgeds.models import resolve_model
+
+    return open_engine(resolve_model(spec, pull=False, progress=False).path, n_ctx=n_ctx)
+
+
 def load_keymap(path: Path) -> dict[str, str]:
     """`[keymap]` of a TOML file: binding id -> keys (e.g. "chat.cancel" = "ctrl+c")."""
     try:
@@ -483,9 +491,7 @@ class ChatApp(App):
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def _load(self, spec: str) -> None:
-        opener = self._open_model
-        if opener is None:
-            from edgeds.loader import open_engine as opener
+        opener = self._open_model or open_model
         try:
             engine = opener(spec, n_ctx=self.n_ctx)
         except EdgedsError as err:

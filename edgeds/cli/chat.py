@@ -27,6 +27,9 @@ def chat(
     if moe_offload is not None:
         # TODO(placement): pass to the placement planner once edgeds.placement lands.
         raise UsageError("--moe-offload needs the placement planner, which this build does not have yet")
+    from edgeds.models import resolve_model
+
+    path = resolve_model(model, pull="ask").path  # downloads (asking first) before the UI starts
     from edgeds.app import run_chat
 
-    run_chat(model, n_ctx=n_ctx, system=system)
+    run_chat(str(path), n_ctx=n_ctx, system=system)
