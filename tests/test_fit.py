@@ -98,3 +98,31 @@ def test_plan_verdicts():
     assert moe.mode == fit.EXPERTS_OFFLOADED and moe.gpu_bytes < 6 * GB
     assert verdict("r1", ram=24 * GB, vram=0).mode == fit.NO
     assert verdict("r1-distill-llama-70b", ram=32 * GB, vram=24 * GB).mode == fit.PARTIAL
+
+
+def test_gguf_info_agrees_with_gguf_py_reader(smollm2_path):
+    from gguf import GGUFReader
+
+    info = read_gguf(smollm2_path)
+    reader = GGUFReader(smollm2_path)
+    assert info.n_params == sum(int(t.n_elements) for t in reader.tensors)
+    assert info.tensor_bytes == sum(int(t.n_bytes) for t in reader.tensors)
+    for kind, (count, size) in info.quant_mix.items():
+        tensors = [t for t in reader.tensors if t.tensor_type.name == kind]
+        assert (count, size) == (len(tensors), sum(int(t.n_bytes) for t in tensors))
+    for key in ("general.architecture", "llama.block_count", "llama.context_length",
+                "llama.attention.head_count_kv", "tokenizer.chat_template"):
+        field = reader.fields[key]
+        value = field.contents()
+        assert info.metadata[key] == value, key
+
+
+def test_truncated_gguf_is_one_line_error(smollm2_path, tmp_path):
+    from edgeds.errors import EdgedsError
+
+    data = smollm2_path.read_bytes()
+    for cut in (100, len(data) - 1000):
+        bad = tmp_path / f"cut{cut}.gguf"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(EdgedsError, match=rf"{bad}: .*truncated"):
+            read_gguf(bad)
