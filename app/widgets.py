@@ -155,9 +155,7 @@ class AssistantMessage(Vertical):
 
     async def add(self, reasoning: str, answer: str, reasoning_pieces: int) -> None:
         """Stream new text in: reasoning into the open Thinking section, answer below it."""
-        if reasoning:
-            if not self.reasoning.strip() and not reasoning.strip():
-                return
+        if reasoning and (self.reasoning.strip() or reasoning.strip()):  # skip leading blank lines
             self.reasoning += reasoning
             self.reasoning_pieces += reasoning_pieces
             if self._reasoning_stream is None:
