@@ -1,17 +1,24 @@
 """Downloads from the Hugging Face hub into its standard cache, with checks.
 
-huggingface-hub does the transfer (progress bar, retries that resume with a Range request,
-the size check against the hub's X-Linked-Size). On top of it edgeds checks the sha256 of LFS
+huggingface-hub does the transfer (its metadata request, `http_get` with progress bar and
+retries that resume with a Range request, the size check against the hub's X-Linked-Size);
+edgeds keeps partial downloads across runs so a later pull resumes, checks the sha256 of LFS
 files (the hub's etag of an LFS file is its sha256), fetches every part of a split GGUF, and
 turns the hub's errors into one-line messages that name the file and say how to use a local
-file instead. HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE work as in every hub client.
+file instead. Files land in the standard cache layout (blobs/, snapshots/, refs/), where
+huggingface-hub and other tools find them. HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE work as in
+every hub client.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from edgeds.errors import HubError
 from edgeds.registry import QuantSource
@@ -45,33 +52,106 @@ def _how_to_fetch(repo: str, filename: str, revision: str) -> str:
 
 
 def download(repo: str, filename: str, revision: str = "main", *, progress: bool = True) -> Path:
-    """Download one file into the hub cache (resuming and size-checked) and verify its sha256.
+    """Download one file into the hub cache, resumable across runs, size- and sha256-checked.
+
+    huggingface-hub's own `hf_hub_download` (2.x) throws a partial download away when it fails,
+    so a multi-GB pull cut by Ctrl-C would start over. Here the bytes go to
+    `blobs/<etag>.incomplete` in the standard cache layout, and the next pull continues from
+    there with a Range request (huggingface-hub's `http_get` does the transfer, progress bar and
+    retries); the finished blob is checked, renamed, and linked from `snapshots/<commit>/`.
 
     Raises:
         HubError: offline or unreachable, not on the hub, or the size or sha256 is wrong.
             Nothing that looks complete is left in the cache after a failed check.
     """
-    from huggingface_hub import constants, hf_hub_download
+    from filelock import FileLock
+    from huggingface_hub import constants, get_hf_file_metadata
+    from huggingface_hub.file_download import repo_folder_name
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    name = f"{repo}/{filename}"
+    cached = cached_file(repo, filename, revision)
+    if cached is not None:
+        return cached
+    if constants.HF_HUB_OFFLINE:
+        raise HubError(f"{name} is not downloaded and HF_HUB_OFFLINE is set: unset it, or "
+                       + _how_to_fetch(repo, filename, revision))
+    (enable_progress_bars if progress else disable_progress_bars)()
+    with _hub_errors(repo, filename, revision):
+        meta = get_hf_file_metadata(file_url(repo, filename, revision))
+    if not meta.etag or not meta.commit_hash:
+        raise HubError(f"{name}: the hub's answer has no ETag or X-Repo-Commit header "
+                       f"(is HF_ENDPOINT={constants.ENDPOINT} a Hugging Face hub?)")
+    folder = repo_folder_name(repo_id=repo, repo_type="model")
+    storage = Path(constants.HF_HUB_CACHE) / folder
+    blob = storage / "blobs" / meta.etag
+    pointer = storage / "snapshots" / meta.commit_hash / filename
+    if not blob.is_file():
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        lock = Path(constants.HF_HUB_CACHE) / ".locks" / folder / f"{meta.etag}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock)):
+            partial = blob.with_name(meta.etag + ".incomplete")
+            with _hub_errors(repo, filename, revision):
+                _fetch_into(partial, meta.location, meta.size, name)
+            verify_sha256(partial, name, etag=meta.etag)
+            os.replace(partial, blob)
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    if pointer.is_symlink() or pointer.exists():
+        pointer.unlink()
+    try:
+        os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+    except OSError:  # no symlinks (Windows without developer mode): a copy, as huggingface-hub does
+        shutil.copyfile(blob, pointer)
+    if revision != meta.commit_hash:
+        ref = storage / "refs" / revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(meta.commit_hash)
+    return pointer
+
+
+def _fetch_into(partial: Path, url: str, size: int | None, name: str) -> None:
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    resume = partial.stat().st_size if partial.is_file() else 0
+    if size is not None and resume > size:
+        partial.unlink()
+        resume = 0
+    with open(partial, "r+b" if resume else "wb") as f:
+        f.seek(resume)
+        try:
+            http_get(url, f, resume_size=resume, headers=build_hf_headers(), expected_size=size,
+                     displayed_filename=Path(name).name)
+        except OSError as err:
+            if "Consistency check failed" not in str(err):
+                raise
+            bad = True
+        else:
+            bad = False
+    if bad:  # the hub sent a different number of bytes than it announced
+        got = partial.stat().st_size
+        partial.unlink(missing_ok=True)
+        raise HubError(f"{name}: download failed its size check (the hub announced {size} bytes, "
+                       f"sent {got}); the partial file was removed, run the pull again")
+
+
+@contextmanager
+def _hub_errors(repo: str, filename: str, revision: str) -> Iterator[None]:
+    """huggingface-hub's and the network's errors as one-line HubErrors."""
+    import httpx2
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
-        LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
     )
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     name = f"{repo}/{filename}"
-    if constants.HF_HUB_OFFLINE and cached_file(repo, filename, revision) is None:
-        raise HubError(f"{name} is not downloaded and HF_HUB_OFFLINE is set: unset it, or "
-                       + _how_to_fetch(repo, filename, revision))
-    (enable_progress_bars if progress else disable_progress_bars)()
     try:
-        path = Path(hf_hub_download(repo, filename, revision=revision))
-    except (OfflineModeIsEnabled, LocalEntryNotFoundError):
-        raise HubError(f"cannot reach the hub ({constants.ENDPOINT}) to download {name}: check the "
-                       "network or HF_ENDPOINT, or " + _how_to_fetch(repo, filename, revision)) from None
+        yield
     except GatedRepoError:
         raise HubError(f"{repo} is gated: accept its terms on the hub and log in (`hf auth login`)") from None
     except RepositoryNotFoundError:
@@ -80,17 +160,18 @@ def download(repo: str, filename: str, revision: str = "main", *, progress: bool
         raise HubError(f"{name}: no such file in the repository (revision {revision})") from None
     except HfHubHTTPError as err:
         raise HubError(f"{name}: download failed: {str(err).splitlines()[0]}") from None
-    except OSError as err:  # huggingface-hub's size check ("Consistency check failed")
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise HubError(f"{name}: download failed its size check: {first}") from None
-    verify_sha256(path, name)
-    return path
+    except (OfflineModeIsEnabled, httpx2.TransportError, ConnectionError) as err:
+        raise HubError(f"cannot reach the hub ({constants.ENDPOINT}) to download {name} "
+                       f"({type(err).__name__}): check the network or HF_ENDPOINT, or "
+                       + _how_to_fetch(repo, filename, revision)
+                       + "; a later pull resumes what was downloaded") from None
 
 
-def verify_sha256(path: Path, name: str) -> None:
-    """Check an LFS file against its etag (the blob's name in the cache is the etag)."""
+def verify_sha256(path: Path, name: str, *, etag: str | None = None) -> None:
+    """Check an LFS file against its etag (by default the blob's name in the cache, which is
+    the etag); on a mismatch the file is deleted."""
     blob = path.resolve()
-    etag = blob.name
+    etag = etag or blob.name
     if not _SHA256.match(etag):
         return  # not an LFS file: the hub gives a git hash, not a sha256
     digest = hashlib.sha256()

@@ -3,7 +3,7 @@
 `HEAD/GET /{repo}/resolve/{revision}/{filename}` answer with the headers huggingface-hub
 reads (X-Repo-Commit, ETag, X-Linked-Etag = the sha256 for LFS files, X-Linked-Size,
 Content-Length) and honour `Range`. Faults for tests: cut the connection mid-file on the
-first GET, announce a wrong size, or a wrong sha256. Every request is recorded.
+first GET, hang mid-file (for an interrupted client), announce a wrong size or sha256. Every request is recorded.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class HubFile:
     data: bytes
     cut_first_get_at: int | None = None  # drop the connection after this many bytes, once
+    stall_first_get_at: int | None = None  # send this many bytes, then hang (until stop), once
     announced_size: int | None = None     # lie about the size in the HEAD answer
     announced_sha256: str | None = None   # lie about the sha256
     gets: int = 0
@@ -34,6 +35,7 @@ class FakeHub:
     files: dict[tuple[str, str], HubFile] = field(default_factory=dict)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # method, path, Range
     url: str = ""
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def add(self, repo: str, filename: str, data: bytes, **faults) -> HubFile:
         self.files[(repo, filename)] = f = HubFile(data, **faults)
@@ -41,6 +43,7 @@ class FakeHub:
 
     def start(self) -> "FakeHub":
         hub = self
+        self.stopping.clear()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -98,6 +101,12 @@ class FakeHub:
                 self._common_headers(f)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if f.stall_first_get_at is not None and f.gets == 1:
+                    self.wfile.write(body[: f.stall_first_get_at])
+                    self.wfile.flush()
+                    hub.stopping.wait(120)
+                    self.close_connection = True
+                    return
                 if f.cut_first_get_at is not None and f.gets == 1:
                     self.wfile.write(body[: f.cut_first_get_at])
                     self.wfile.flush()
@@ -113,5 +122,6 @@ class FakeHub:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()

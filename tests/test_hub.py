@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,7 +86,7 @@ def test_pull_single_and_split(hub, tmp_path):
     out = edgeds(["pull", "tiny-test:Q4_K_M", "-q"], hf_home, hub.url)
     assert out.returncode == 0, out.stderr
     assert "2 file(s)" in out.stdout
-    got = {p.read_bytes() for p in blobs(hf_home)}
+    got = {p.read_bytes() for p in blobs_complete(hf_home)}
     assert got == set(DATA.values())
     gets = [path for method, path, _ in hub.requests if method == "GET" and "/resolve/" in path]
     assert sorted(p.split("/resolve/", 1)[1].split("/", 1)[1] for p in gets) == sorted(DATA)
@@ -110,6 +112,37 @@ def test_pull_resumes_after_a_cut_connection(hub, tmp_path):
     start = int(ranges[1].removeprefix("bytes=").rstrip("-"))  # the second GET resumed
     assert 0 < start <= cut
     assert [p.read_bytes() for p in blobs(hf_home)] == [big]
+
+
+def test_an_interrupted_pull_resumes_in_the_next_one(hub, tmp_path):
+    big = payload(24 << 20, 5)
+    hub.add(REPO, SINGLE, big, stall_first_get_at=15 << 20)
+    user_registry_path().write_text(registry_text().replace(f"size = {len(DATA[SINGLE])}", f"size = {len(big)}"))
+    hf_home = tmp_path / "hf"
+    env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(hf_home), HF_HUB_OFFLINE="0")
+    proc = subprocess.Popen([sys.executable, "-m", "edgeds", "pull", "tiny-test:Q8_0", "-q"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    partial = []
+    while time.monotonic() < deadline and not partial:
+        partial = [p for p in hf_home.rglob("*.incomplete") if p.stat().st_size >= 10 << 20]
+        time.sleep(0.2)
+    assert partial, "the first pull never wrote a partial file"
+    proc.send_signal(signal.SIGINT)  # the user presses Ctrl-C
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "resumes" in err and "Traceback" not in err
+    kept = partial[0].stat().st_size
+    assert kept >= 10 << 20 and not blobs_complete(hf_home)
+    out = edgeds(["pull", "tiny-test:Q8_0", "-q"], hf_home, hub.url)
+    assert out.returncode == 0, out.stderr
+    ranges = [rng for method, p, rng in hub.requests if method == "GET" and "/resolve/" in p]
+    assert ranges == [None, f"bytes={kept}-"]
+    assert [p.read_bytes() for p in blobs_complete(hf_home)] == [big]
+    assert not list(hf_home.rglob("*.incomplete"))
+
+
+def blobs_complete(hf_home: Path) -> list[Path]:
+    return [p for p in blobs(hf_home) if not p.name.endswith(".incomplete")]
 
 
 @pytest.mark.parametrize("fault", ["size", "sha256"])

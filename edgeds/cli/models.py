@@ -27,7 +27,11 @@ def models_pull(
     if entry is None:
         raise ModelNotFound(f"{model}: not a registry model (`edgeds list` shows them)")
     source = entry.quant(quant)
-    paths = hub.pull(source, progress=not quiet)
+    try:
+        paths = hub.pull(source, progress=not quiet)
+    except KeyboardInterrupt:
+        typer.echo(f"edgeds: pull interrupted; `edgeds pull {entry.id}:{source.quant}` resumes it", err=True)
+        raise typer.Exit(130) from None
     total = sum(p.stat().st_size for p in paths)
     typer.echo(f"{entry.id}:{source.quant}: {len(paths)} file(s), {_gb(total)}, verified: {paths[0]}")
 
