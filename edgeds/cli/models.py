@@ -90,7 +90,7 @@ def models_show(
                 "expert_count", "expert_used_count", "attention.kv_lora_rank"):
         value = info.get("{arch}." + key)
         if value is not None:
-            typer.echo(f"{key:<16}{value}")
+            typer.echo(f"{key:<15} {value}")
     typer.echo("quant mix")
     for kind, (count, size) in info.quant_mix.items():
         typer.echo(f"  {kind:<10}{count:>5} tensors  {_gb(size):>10}  {100 * size / max(info.tensor_bytes, 1):5.1f}%")
@@ -103,7 +103,7 @@ def models_show(
         typer.echo(f"chat template   {len(tmpl)} chars" + ("; opens <think>" if "<think>\\n" in tmpl or "<think>\n" in tmpl else "")
                    + " (--template prints it)")
     for key, value in info.edgeds_keys.items():
-        typer.echo(f"{key:<16}{value}")
+        typer.echo(f"{key:<15} {value}")
 
 
 @app.command("rm")
