@@ -136,10 +136,27 @@ def _fetch_into(partial: Path, url: str, size: int | None, name: str) -> None:
                        f"sent {got}); the partial file was removed, run the pull again")
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Network failures of the HTTP client huggingface-hub uses (httpx2 in 2.x, requests before)."""
+    found: list[type[BaseException]] = []
+    try:
+        import httpx2
+
+        found.append(httpx2.TransportError)
+    except ImportError:
+        pass
+    try:
+        import requests
+
+        found += [requests.ConnectionError, requests.Timeout]
+    except ImportError:
+        pass
+    return tuple(found)
+
+
 @contextmanager
 def _hub_errors(repo: str, filename: str, revision: str) -> Iterator[None]:
     """huggingface-hub's and the network's errors as one-line HubErrors."""
-    import httpx2
     from huggingface_hub import constants
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -160,7 +177,7 @@ def _hub_errors(repo: str, filename: str, revision: str) -> Iterator[None]:
         raise HubError(f"{name}: no such file in the repository (revision {revision})") from None
     except HfHubHTTPError as err:
         raise HubError(f"{name}: download failed: {str(err).splitlines()[0]}") from None
-    except (OfflineModeIsEnabled, httpx2.TransportError, ConnectionError) as err:
+    except (OfflineModeIsEnabled, ConnectionError, *_transport_errors()) as err:
         raise HubError(f"cannot reach the hub ({constants.ENDPOINT}) to download {name} "
                        f"({type(err).__name__}): check the network or HF_ENDPOINT, or "
                        + _how_to_fetch(repo, filename, revision)
