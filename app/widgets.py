@@ -42,7 +42,7 @@ class PromptInput(TextArea):
 
     BINDINGS = [
         Binding("enter", "submit", "Send", id="prompt.send", priority=True),
-        Binding("shift+enter,ctrl+j,alt+enter", "newline", "Newline", key_display="⇧↵/^J", id="prompt.newline", priority=True),
+        Binding("shift+enter,ctrl+j,alt+enter", "newline", "Newline", key_display="⇧↵/^J/M-↵", id="prompt.newline", priority=True),
     ]
 
     @dataclass

@@ -3,7 +3,7 @@
 Both use one Engine in one process, the same prompt, seed and max_tokens, alternating runs so
 drift in machine load hits both alike. Reports the medians and their ratio (target >= 0.97).
 
-    python bench/tui_throughput.py [--runs 5] [--max-tokens 128] [--model PATH]
+    python bench/tui_throughput.py [--runs 5] [--max-tokens 128] [--model PATH] [--threads N]
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="decode threads (default: physical cores)")
     args = parser.parse_args()
     params = GenerationParams(max_tokens=args.max_tokens, seed=7)
-    with Engine(args.model or smollm2(), n_ctx=2048) as engine, tempfile.TemporaryDirectory() as tmp:
+    with Engine(args.model or smollm2(), n_ctx=2048, n_threads=args.threads) as engine, tempfile.TemporaryDirectory() as tmp:
         engine_run(engine, GenerationParams(max_tokens=8, seed=7))  # warm-up
         bare, tui = [], []
         for i in range(args.runs):
