@@ -252,3 +252,20 @@ async def test_newline_keys_do_not_send(store):
         await pilot.press("a", "ctrl+j", "b", "alt+enter", "c")
         assert app.query_one(PromptInput).text == "a\nb\nc"
         assert not app.query(UserMessage)
+
+
+async def test_switch_model_from_a_file_and_a_bad_id(smollm2_path, store):
+    app = RecordingApp(store=store, n_ctx=512)
+    async with app.run_test(size=SIZE) as pilot:
+        assert "no model loaded" in str(app.query_one("#header").render())
+        app.switch_model("no-such-model")
+        await wait_for(pilot, lambda: any(sev == "error" for sev, _ in app.notes), 30)
+        assert "no-such-model" in app.notes[-1][1] and app.engine is None
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        app.screen.query_one("Input").value = str(smollm2_path)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.engine is not None, 60)
+        header = str(app.query_one("#header").render())
+        assert "Q4_1" in header and "ctx 0/512" in header
+        assert app.engine.model.path == smollm2_path
