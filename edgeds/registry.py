@@ -80,6 +80,7 @@ KNOWN_QUANTS = frozenset({
     "IQ2_XXS", "IQ1_M", "IQ1_S", "TQ1_0", "TQ2_0", "MXFP4",
 })
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_HEADER = re.compile(r'^\s*\[\s*models\.("?)([^"\]]+?)\1\s*[\].]')
 
 
 def is_known_quant(name: str) -> bool:
@@ -221,7 +222,8 @@ class _Where:
         if key:
             key_re = re.compile(r"(^|[\s{,])" + re.escape(key) + r"\s*=")
             for i in range(start, len(self.lines)):
-                if i > start and self.lines[i].lstrip().startswith("[models.") and model_id not in self.lines[i]:
+                other = _HEADER.match(self.lines[i])
+                if i > start and other and other.group(2) != model_id:
                     break
                 if key_re.search(self.lines[i]):
                     return i + 1
