@@ -173,6 +173,16 @@ def convert(
     return out
 
 
+def _pieces(ckpt, plan, ttype):
+    """The plan's float32 pieces, or for an unchanged BF16 source going to F16/BF16 its stored bits."""
+    from edgeds.convert.gguf_writer import BF16Bits, TensorType
+    from edgeds.convert.plan import PIECE_BYTES
+
+    if plan.raw is not None and ckpt.dtype(plan.raw) == "BF16" and ttype in (TensorType.F16, TensorType.BF16):
+        return (BF16Bits(bits) for bits in ckpt.iter_bf16_bits(plan.raw, PIECE_BYTES // 4))
+    return plan.produce(ckpt)
+
+
 def _write(ckpt, plans, writer, partial_path: Path, progress: bool) -> None:
     from tqdm import tqdm
 
@@ -183,10 +193,11 @@ def _write(ckpt, plans, writer, partial_path: Path, progress: bool) -> None:
             writer.open(partial_path)
         except OSError as err:
             raise ConversionError(f"{partial_path}: cannot create ({err.strerror})") from None
-        for i, p in enumerate(plans, start=1):
+        infos = writer.tensors
+        for i, (p, info) in enumerate(zip(plans, infos), start=1):
             bar.set_postfix_str(f"tensor {i}/{len(plans)}", refresh=False)
             try:
-                bar.update(writer.write(p.name, p.produce(ckpt)))
+                bar.update(writer.write(p.name, _pieces(ckpt, p, info.ttype)))
             except OSError as err:
                 if err.errno == 28:  # ENOSPC: the disk filled up after the check
                     raise ConversionError(f"{partial_path}: the disk is full") from None

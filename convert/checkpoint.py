@@ -202,6 +202,14 @@ class Checkpoint:
             return dequantize(weight, scale, block=self._fp8_block, name=name)
         return self._to_f32(entry, self._raw(entry, 0, count)).reshape(entry.shape)
 
+    def iter_bf16_bits(self, name: str, max_values: int) -> Iterator[np.ndarray]:
+        """A BF16 tensor's stored bits (uint16), flat, at most `max_values` per piece."""
+        entry = self._entries[name]
+        assert entry.dtype == "BF16"
+        count = entry.nbytes // 2
+        for start in range(0, count, max_values):
+            yield self._raw(entry, start, min(max_values, count - start))
+
     def iter_rows(self, name: str, max_bytes: int) -> Iterator[np.ndarray]:
         """The tensor as float32 row blocks of at most `max_bytes` (at least one row each)."""
         entry = self._entries[name]

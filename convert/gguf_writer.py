@@ -79,6 +79,9 @@ def tensor_nbytes(shape: tuple[int, ...], ttype: TensorType) -> int:
     return n * (4 if ttype == TensorType.F32 else 2)
 
 
+_U64 = struct.Struct("<Q")
+
+
 def _pad(n: int) -> int:
     return -n % ALIGNMENT
 
@@ -123,7 +126,8 @@ def encode_value(value: object, vtype: ValueType, item_type: ValueType | None = 
         item_type = item_type if item_type is not None else _array_item_type(items)
         out += struct.pack("<IQ", item_type, len(items))
         if item_type == ValueType.STRING:
-            return out + b"".join(_string(s) for s in items)
+            pack = _U64.pack
+            return out + b"".join([pack(len(raw)) + raw for raw in (str(s).encode("utf-8") for s in items)])
         return out + struct.pack(f"<{len(items)}{_PACK[item_type][1]}", *items)
     return out + struct.pack(_PACK[vtype], value)
 
@@ -150,8 +154,47 @@ def to_q8_0(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def encode_piece(piece: np.ndarray, ttype: TensorType) -> np.ndarray:
-    """One float32 piece in the tensor's on-disk type (any array whose bytes are the data)."""
+@dataclass(frozen=True)
+class BF16Bits:
+    """A piece still in bfloat16 (uint16 bits) as a BF16 checkpoint stores it."""
+
+    bits: np.ndarray
+
+    def float32(self) -> np.ndarray:
+        out = self.bits.astype(np.uint32)
+        np.left_shift(out, 16, out=out)
+        return out.view(np.float32)
+
+
+def bf16_to_f16(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits → float16, as float32 → float16 casting would give, without float32.
+
+    Where the value is a normal float16 (bf16 exponent 113..142) the 7 mantissa bits fit the 10
+    of float16 exactly: rebias the exponent and shift. Smaller values (float16 subnormals, which
+    need rounding) go through float32; larger ones overflow to ±inf, NaN stays NaN.
+    """
+    bits = bits.astype(np.uint16, copy=False)
+    magnitude = bits & np.uint16(0x7FFF)
+    out = magnitude - np.uint16(0x3800)
+    np.left_shift(out, 3, out=out)
+    out |= bits & np.uint16(0x8000)
+    small = magnitude < 0x3880
+    if small.any():
+        out[small] = BF16Bits(bits[small]).float32().astype(np.float16).view(np.uint16)
+    big = magnitude >= 0x4780
+    if big.any():
+        out[big] = (bits[big] & 0x8000) | np.where(magnitude[big] > 0x7F80, 0x7E00, 0x7C00).astype(np.uint16)
+    return out.view(np.float16)
+
+
+def encode_piece(piece: np.ndarray | BF16Bits, ttype: TensorType) -> np.ndarray:
+    """One float32 (or BF16Bits) piece in the tensor's on-disk type (any array whose bytes are the data)."""
+    if isinstance(piece, BF16Bits):
+        if ttype == TensorType.BF16:
+            return piece.bits
+        if ttype == TensorType.F16:
+            return bf16_to_f16(piece.bits)
+        piece = piece.float32()
     if ttype == TensorType.F32:
         return piece.astype("<f4", copy=False)
     if ttype == TensorType.F16:
@@ -239,7 +282,7 @@ class GGUFWriter:
             raise RuntimeError(f"GGUF writer: expected tensor {info.name!r} next, got {name!r}")
         written = 0
         for piece in pieces:
-            data = encode_piece(np.asarray(piece), info.ttype)
+            data = encode_piece(piece if isinstance(piece, BF16Bits) else np.asarray(piece), info.ttype)
             written += data.nbytes
             if written > info.nbytes:
                 break

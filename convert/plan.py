@@ -25,7 +25,7 @@ import numpy as np
 if TYPE_CHECKING:
     from edgeds.convert.checkpoint import Checkpoint
 
-PIECE_BYTES = 32 << 20  # float32 bytes per piece when a single source tensor is streamed in row blocks
+PIECE_BYTES = 4 << 20  # float32 bytes per piece when a single source tensor streams in row blocks (cache-sized)
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class TensorPlan:
         produce: yields float32 pieces in order; their flattened concatenation is the tensor.
             Each piece holds whole rows (a multiple of shape[-1] values) and is bounded in size.
         keep_f32: norms, biases, router, 1-D tensors: always F32 whatever the outtype.
+        raw: set by `single` when the tensor is one source tensor unchanged: the core may then
+            stream the stored values (e.g. BF16 bits) without the float32 round trip.
     """
 
     name: str
@@ -46,6 +48,7 @@ class TensorPlan:
     sources: tuple[str, ...]
     produce: Callable[["Checkpoint"], Iterator[np.ndarray]]
     keep_f32: bool = False
+    raw: str | None = None
 
 
 def _rows(src: str, transform: Callable[[np.ndarray], np.ndarray] | None, ckpt: "Checkpoint") -> Iterator[np.ndarray]:
@@ -69,7 +72,8 @@ def single(
     vocabulary-sized embedding never sits in memory whole.
     """
     shape = tuple(ckpt.shape(src))
-    return TensorPlan(name, shape, (src,), partial(_rows, src, transform), keep_f32 or len(shape) == 1)
+    return TensorPlan(name, shape, (src,), partial(_rows, src, transform), keep_f32 or len(shape) == 1,
+                      raw=src if transform is None else None)
 
 
 def computed(name: str, values: np.ndarray) -> TensorPlan:

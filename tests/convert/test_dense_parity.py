@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -149,3 +150,65 @@ def test_cli_verify_reports_agreement(tmp_path, dense_hf, capsys):
     diff = float(lines[1].split("max abs diff ")[1].split(",")[0])
     assert diff < 1e-2 and lines[1].endswith("top-1 agreement 100.0%")
     assert math.isfinite(diff) and out.is_file() and not (tmp_path / "verified.gguf.partial").exists()
+
+
+def test_bf16_bits_go_to_f16_exactly_as_a_float32_cast_would():
+    from edgeds.convert.gguf_writer import BF16Bits, bf16_to_f16
+
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    with np.errstate(over="ignore"):
+        via_f32 = BF16Bits(bits).float32().astype(np.float16)
+    direct = bf16_to_f16(bits)
+    nan = np.isnan(via_f32)
+    assert np.array_equal(np.isnan(direct), nan)
+    assert np.array_equal(direct[~nan].view(np.uint16), via_f32[~nan].view(np.uint16))  # ±0, subnormals, inf too
+
+
+def test_bf16_checkpoint_to_f16_equals_its_float32_conversion_cast(tmp_path, dense_hf):
+    """A BF16 source (as real R1 distills ship) streams its stored bits to F16 without float32."""
+    from safetensors.torch import load_file, save_file
+
+    from edgeds.convert import convert
+    from edgeds.convert.gguf_reader import read_header
+
+    folder = shutil.copytree(dense_hf("qwen2"), tmp_path / "bf16")
+    weights = folder / "model.safetensors"
+    tensors = {k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}
+    weights.unlink()
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    f16 = convert(folder, tmp_path / "f16.gguf", "f16", progress=False)
+    f32 = convert(folder, tmp_path / "f32.gguf", "f32", progress=False)
+    h16, h32 = read_header(f16), read_header(f32)
+    checked = 0
+    for name, entry in h16.tensors.items():
+        if entry.ggml_type != 1:  # F16 matrices only; norms and biases are F32 in both
+            continue
+        count = int(np.prod(entry.shape))
+        got = np.fromfile(f16, dtype="<f2", count=count, offset=entry.offset)
+        want = read_f32(f32, h32.tensors[name]).reshape(-1).astype(np.float16)
+        assert np.array_equal(got.view(np.uint16), want.view(np.uint16)), name
+        checked += 1
+    assert checked == 2 * 7 + 2  # 7 matrices per block, embedding and output
+
+
+@pytest.mark.parametrize("outtype", ["f32", "q8_0"])
+def test_tensor_data_streams_in_bounded_pieces(outtype, tmp_path, dense_hf):
+    """Writing holds a few cache-sized pieces at a time, never a whole tensor (the embedding here is 37 MiB)."""
+    import tracemalloc
+
+    from edgeds.convert import _write, prepare
+    from edgeds.convert.plan import PIECE_BYTES
+
+    ckpt, plans, writer = prepare(dense_hf("qwen2"), outtype)
+    largest = max(int(np.prod(p.shape)) * 4 for p in plans)
+    bound = 5 * PIECE_BYTES
+    assert largest > 1.5 * bound
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        _write(ckpt, plans, writer, tmp_path / "out.gguf.partial", progress=False)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < bound
