@@ -192,3 +192,34 @@ def _imatrix_array(path: Path, keep: list):
     arr[len(entries)].name = None
     keep.append(arr)
     return arr
+
+
+def quantize_file(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    recipe: str | Recipe,
+    *,
+    imatrix: str | os.PathLike[str] | None = None,
+    layout: str = "auto",
+    split_experts: bool = False,
+    nthread: int = 0,
+) -> tuple[Path, ...]:
+    """Quantize, then for MoE files (routed-expert tensors present) rewrite into the expert-offload
+    layout with its edgeds.* metadata. Returns the written file(s)."""
+    from edgeds.convert.layout import expert_layer, write_layout
+    from edgeds.gguf_info import _read_part
+
+    src, out = Path(src), Path(out)
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    _check_source(src)
+    is_moe = any(expert_layer(name) is not None for name, *_ in _read_part(src)[1])
+    if split_experts and not is_moe:
+        raise QuantizeError(f"{src}: --split-experts needs a MoE model (no blk.N.ffn_*_exps tensors)")
+    if layout == "plain" or not is_moe:
+        return (quantize(src, out, recipe, imatrix=imatrix, nthread=nthread),)
+    staged = out.with_name(out.name + ".quant.partial")
+    try:
+        quantize(src, staged, recipe, imatrix=imatrix, nthread=nthread)
+        return write_layout(staged, out, recipe=recipe.name, split=split_experts).files
+    finally:
+        staged.unlink(missing_ok=True)
