@@ -29,7 +29,7 @@ def _replace(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def _run(src: Path, out: Path, capsys, *extra: str) -> str:
+def _run(src: Path | str, out: Path, capsys, *extra: str) -> str:
     with pytest.raises(SystemExit) as exit_info:
         main(["convert", str(src), "-o", str(out), "--no-progress", *extra])
     assert exit_info.value.code not in (0, None)
@@ -161,3 +161,10 @@ def test_an_earlier_good_file_survives_a_failed_conversion(checkpoint, tmp_path,
         main(["convert", str(checkpoint), "-o", str(out), "--no-progress"])
     assert out.read_bytes() == b"an earlier conversion"
     assert not out.with_name("out.gguf.partial").exists()
+
+
+def test_repo_id_without_hub_access(tmp_path, capsys):
+    """Tests run with HF_HUB_OFFLINE=1 and an empty cache: the repo cannot be fetched."""
+    err = _run("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", tmp_path / "out.gguf", capsys)
+    assert "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B: cannot download from the Hugging Face hub" in err
+    assert err.endswith("pass a local folder instead")
