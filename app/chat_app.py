@@ -38,7 +38,7 @@ from edgeds.app.widgets import (
     with_file,
 )
 
-FLUSH_S = 0.05  # the worker posts at most ~20 deltas a second
+FLUSH_S = 0.1  # the worker posts at most ~10 deltas a second
 KEYMAP_FILE = "keymap.toml"
 MAX_ATTACHMENT_CHARS = 200_000
 

@@ -172,9 +172,11 @@ class AssistantMessage(Vertical):
                 if not self.reasoning.strip():
                     self.thinking.add_class("-empty")
                 self._answer_stream = Markdown.get_stream(self.answer_view)
-            self.answer += answer
+                self.answer = answer
+                self.thinking.title = self._thinking_title()
+            else:
+                self.answer += answer
             await self._answer_stream.write(answer)
-            self.thinking.title = self._thinking_title()
 
     async def finish(self, stats: Stats | None, finish_reason: str) -> None:
         """End the stream: one full render of the answer, title and stats settle."""
