@@ -21,7 +21,8 @@ def convert(
                                 "(and logits, when torch and transformers are installed) with the source."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit) for a repo id."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
-    # a --quant option (llama.cpp quantization after conversion) goes here; it is applied to the result below
+    quant: Optional[str] = typer.Option(None, "--quant", help="Then quantize with llama.cpp: a recipe (moe-q2, moe-q3, "
+                                        "moe-q4, ...) or type (Q4_K_M, ...); see `edgeds quantize --list`."),
 ) -> None:
     """Convert a Hugging Face checkpoint (safetensors: BF16, F16, F32 or FP8) to a GGUF file."""
     from edgeds.convert import convert as run_convert
@@ -29,5 +30,19 @@ def convert(
 
     if outtype not in OUTTYPES:
         raise UsageError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
-    path = run_convert(src, output, outtype, verify=verify, progress=progress, revision=revision)
-    typer.echo(str(path))
+    if quant is None:
+        path = run_convert(src, output, outtype, verify=verify, progress=progress, revision=revision)
+        typer.echo(str(path))
+        return
+    from edgeds.convert.quantize import quantize_file
+    from edgeds.convert.recipes import get_recipe
+
+    if get_recipe(quant).needs_imatrix:  # fail before the conversion, not after
+        raise UsageError(f"--quant {quant} needs an importance matrix: convert, then `edgeds quantize --imatrix FILE`")
+    staged = output.with_name(output.name + ".f16.partial")  # never looks like a finished file
+    try:
+        run_convert(src, staged, "f16", verify=verify, progress=progress, revision=revision)
+        for path in quantize_file(staged, output, quant):
+            typer.echo(str(path))
+    finally:
+        staged.unlink(missing_ok=True)

@@ -1,0 +1,152 @@
+"""Quantization recipes, the expert-offload layout and expert overrides on a real tiny
+DeepSeek-V3-shaped MoE (built with transformers, converted to F16 by edgeds' converter)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from edgeds.convert.layout import KEY_EXPERT_BYTES, KEY_HOT_BYTES, KEY_RECIPE, KEY_VERSION, expert_layer, write_layout
+from edgeds.convert.quantize import QuantizeError, plan_quantization, quantize
+from edgeds.convert.recipes import RECIPES
+
+
+def tensor_types(path):
+    from gguf import GGUFReader
+
+    return {t.name: (t.tensor_type.name.lower(), [int(d) for d in t.shape], int(t.n_bytes))
+            for t in GGUFReader(path).tensors}
+
+
+@pytest.fixture(scope="module")
+def plain_q2(moe_f16, tmp_path_factory):
+    """moe-q2 in llama.cpp's own tensor order."""
+    return quantize(moe_f16, tmp_path_factory.mktemp("q") / "plain.gguf", "moe-q2")
+
+
+@pytest.fixture(scope="module")
+def laid_out(plain_q2):
+    out = plain_q2.with_name("moe-q2.gguf")
+    layout = write_layout(plain_q2, out, recipe="moe-q2")
+    assert layout.files == (out,)
+    return out
+
+
+@pytest.mark.parametrize("name", ["moe-q2", "moe-q3", "moe-q4"])
+def test_recipe_writes_the_types_it_promises(moe_f16, plain_q2, tmp_path, name):
+    recipe = RECIPES[name]
+    plan = plan_quantization(moe_f16, name)
+    out = plain_q2 if name == "moe-q2" else quantize(moe_f16, tmp_path / f"{name}.gguf", name)
+    written = tensor_types(out)
+    assert {t.name for t in plan.tensors} == set(written)
+    checked = 0
+    for t in plan.tensors:
+        ttype, shape, nbytes = written[t.name]
+        assert ttype == t.new_type.lower(), t.name
+        assert nbytes == t.new_bytes, t.name
+        rule = recipe.type_for(t.name)
+        if rule and len(shape) > 1 and shape[0] % 256 == 0:  # no block-size fallback possible
+            assert ttype == rule, t.name
+            checked += 1
+    assert checked >= 20
+    gate, down = written["blk.1.ffn_gate_exps.weight"][0], written["blk.1.ffn_down_exps.weight"][0]
+    order = ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q8_0"]
+    assert order.index(down) == order.index(gate) + 1  # down_proj one step above gate/up
+    assert order.index(written["blk.1.attn_q_b.weight"][0]) > order.index(gate)
+    assert written["blk.1.ffn_gate_inp.weight"][0] == "f32"  # the router stays F32
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_dynamic_recipe_is_smaller_than_q4_k_m_and_refuses_nothing(moe_f16):
+    sizes = {name: plan_quantization(moe_f16, name).total_bytes for name in ("moe-q2", "Q4_K_M", "Q8_0")}
+    assert sizes["moe-q2"] < sizes["Q4_K_M"] < sizes["Q8_0"]
+
+
+def test_layout_order_and_metadata(laid_out):
+    from gguf import GGUFReader
+
+    reader = GGUFReader(laid_out)
+    names = [t.name for t in reader.tensors]
+    first_expert = next(i for i, n in enumerate(names) if expert_layer(n) is not None)
+    assert all(expert_layer(n) is None for n in names[:first_expert])
+    experts = names[first_expert:]
+    assert all(expert_layer(n) is not None for n in experts)
+    assert experts == sorted(experts, key=lambda n: (expert_layer(n), ["gate", "up", "down"].index(n.split("_")[1])))
+    assert reader.fields[KEY_VERSION].contents() == 1
+    assert reader.fields[KEY_RECIPE].contents() == "moe-q2"
+    by_layer = [0] * 3
+    for t in reader.tensors:
+        if expert_layer(t.name) is not None:
+            by_layer[expert_layer(t.name)] += int(t.n_bytes)
+    assert list(reader.fields[KEY_EXPERT_BYTES].contents()) == by_layer and by_layer[0] == 0 < by_layer[1]
+    hot = sum(int(t.n_bytes) for t in reader.tensors if expert_layer(t.name) is None)
+    assert reader.fields[KEY_HOT_BYTES].contents() == hot
+
+
+def _generate(path) -> str:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), verbose=False, n_ctx=128)
+    text = llm("The capital of France is", max_tokens=6, temperature=0.0)["choices"][0]["text"]
+    llm.close()
+    return text
+
+
+def test_layout_and_split_files_load_in_stock_llama_cpp(laid_out, plain_q2, tmp_path):
+    plain = plain_q2
+    split = write_layout(plain_q2, tmp_path / "split.gguf", recipe="moe-q2", split=True).files
+    assert [p.name for p in split] == ["split-00001-of-00002.gguf", "split-00002-of-00002.gguf"]
+    assert all(expert_layer(n) is not None for n in tensor_types(split[1]))
+    assert all(expert_layer(n) is None for n in tensor_types(split[0]))
+    reference = _generate(plain)
+    assert reference  # same weights, same greedy text whatever the tensor order or file count
+    assert _generate(laid_out) == reference
+    assert _generate(split[0]) == reference
+    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in split]  # no partial left
+
+
+def test_moe_offload_all_overrides_experts_to_cpu(laid_out):
+    from edgeds.placement import plan_placement
+    from edgeds.runtime.llama import Model, captured_llama_log
+
+    placement = plan_placement(laid_out, "all", n_ctx=256)
+    assert placement.load_options.overrides
+    with captured_llama_log() as log:
+        model = Model(laid_out, placement.load_options)
+    overridden = set(re.findall(r"tensor (\S+) \([^)]*\) buffer type overridden to CPU", "".join(log)))
+    expected = {n for n in tensor_types(laid_out) if expert_layer(n) is not None}
+    assert overridden == expected and len(expected) == 6
+    del model
+
+
+def test_unknown_override_device_names_the_available_ones(laid_out):
+    from edgeds.errors import EdgedsError
+    from edgeds.runtime.llama import LoadOptions, Model, TensorOverride
+
+    with pytest.raises(EdgedsError, match="unknown device 'NoSuchGPU0'.*available devices are CPU"):
+        Model(laid_out, LoadOptions(overrides=(TensorOverride("exps", "NoSuchGPU0"),)))
+
+
+def test_imatrix_types_refuse_without_one(moe_f16, tmp_path):
+    with pytest.raises(QuantizeError, match="IQ2_XXS needs an importance matrix.*--imatrix"):
+        quantize(moe_f16, tmp_path / "x.gguf", "iq2_xxs")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_dry_run_and_errors(moe_f16, tmp_path, capsys):
+    from edgeds.cli import main
+
+    try:
+        main(["quantize", str(moe_f16), "moe-q4", "--dry-run"])
+    except SystemExit as exc:
+        assert not exc.code
+    out = capsys.readouterr().out
+    assert re.search(r"blk\.1\.ffn_down_exps\.weight\s+256x256x8\s+f16 -> q5_K", out)
+    total = int(re.search(r"\((\d+) bytes of tensors\)", out).group(1))
+    assert total == plan_quantization(moe_f16, "moe-q4").total_bytes
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit) as exc:
+        main(["quantize", str(moe_f16), str(tmp_path / "o.gguf"), "Q9_Z"])
+    assert exc.value.code != 0
+    assert "unknown quantization 'Q9_Z'" in capsys.readouterr().err
