@@ -22,9 +22,13 @@ def build_wide_v3(folder):
 
 
 @pytest.fixture(scope="session")
-def moe_f16(tmp_path_factory):
+def moe_hf(tmp_path_factory):
+    return build_wide_v3(tmp_path_factory.mktemp("wide_v3_hf"))
+
+
+@pytest.fixture(scope="session")
+def moe_f16(moe_hf, tmp_path_factory):
     from edgeds.convert import convert
 
-    folder = build_wide_v3(tmp_path_factory.mktemp("wide_v3_hf"))
     out = tmp_path_factory.mktemp("wide_v3") / "wide-v3-f16.gguf"
-    return convert(folder, out, "f16", progress=False)
+    return convert(moe_hf, out, "f16", progress=False)

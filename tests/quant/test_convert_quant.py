@@ -1,0 +1,35 @@
+"""`edgeds convert --quant`: checkpoint → F16 (temporary) → recipe quantization → expert-offload layout."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_convert_with_quant_recipe(moe_hf, tmp_path, capsys):
+    from gguf import GGUFReader
+
+    from edgeds.cli import main
+    from edgeds.convert.layout import expert_layer
+
+    out = tmp_path / "tiny-moe-q3.gguf"
+    try:
+        main(["convert", str(moe_hf), "-o", str(out), "--quant", "moe-q3", "--no-progress"])
+    except SystemExit as exc:
+        assert not exc.code
+    assert capsys.readouterr().out.strip() == str(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no F16 or partial file left
+    reader = GGUFReader(out)
+    assert reader.fields["edgeds.quant.recipe"].contents() == "moe-q3"
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.1.ffn_gate_exps.weight"] == "Q3_K" and types["blk.1.ffn_down_exps.weight"] == "Q4_K"
+    assert expert_layer(reader.tensors[-1].name) == 2
+
+
+def test_convert_refuses_imatrix_types_before_converting(moe_hf, tmp_path, capsys):
+    from edgeds.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["convert", str(moe_hf), "-o", str(tmp_path / "x.gguf"), "--quant", "IQ1_S", "--no-progress"])
+    assert exc.value.code != 0
+    assert "needs an importance matrix" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
