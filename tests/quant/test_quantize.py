@@ -150,3 +150,30 @@ def test_cli_dry_run_and_errors(moe_f16, tmp_path, capsys):
         main(["quantize", str(moe_f16), str(tmp_path / "o.gguf"), "Q9_Z"])
     assert exc.value.code != 0
     assert "unknown quantization 'Q9_Z'" in capsys.readouterr().err
+
+
+TEXT = ("The quick brown fox jumps over the lazy dog. " * 3 + "Local models run on laptops through llama.cpp, "
+        "which reads GGUF files and keeps the routed experts of a mixture-of-experts model in CPU memory. ") * 6
+
+
+def test_eval_self_is_exact_and_quantized_diverges(moe_f16, plain_q2, tmp_path, capsys):
+    from edgeds.cli import main
+    from edgeds.evaluate import evaluate
+
+    same = evaluate(moe_f16, moe_f16, TEXT, n_ctx=64, max_chunks=2)
+    assert same.n_tokens == 2 * 31 and same.kld_mean == pytest.approx(0.0, abs=1e-6) and same.top1_agree == 1.0
+    assert same.ppl == pytest.approx(same.ref_ppl)
+    q = evaluate(plain_q2, moe_f16, TEXT, n_ctx=64, max_chunks=2)
+    assert q.kld_mean > 1e-4 and q.ref_ppl == pytest.approx(same.ppl, rel=1e-4)
+    assert q.model_bytes < q.ref_bytes
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    try:
+        main(["eval", str(plain_q2), "--ref", str(moe_f16), "--text", str(text), "--n-ctx", "64", "--chunks", "2"])
+    except SystemExit as exc:
+        assert not exc.code
+    out = capsys.readouterr().out
+    assert f"KLD mean        {q.kld_mean:.6f}" in out and "tokens scored   62" in out
+    with pytest.raises(SystemExit):
+        main(["eval", str(plain_q2), "--ref", str(moe_f16), "--text", str(text), "--n-ctx", "4096"])
+    assert "needs at least 4096" in capsys.readouterr().err
