@@ -14,6 +14,7 @@ import argparse
 import ctypes
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -38,8 +39,9 @@ def conversations(n: int) -> list[list[dict]]:
             for i in range(n)]
 
 
-def run_edgeds(engine: Engine, rows, parallel: int, max_tokens: int, seq_ctx: int) -> tuple[int, float]:
-    with Scheduler(engine, parallel=parallel, seq_ctx=seq_ctx) as scheduler:
+def run_edgeds(engine: Engine, rows, parallel: int, max_tokens: int, seq_ctx: int,
+               n_threads: int) -> tuple[int, float]:
+    with Scheduler(engine, parallel=parallel, seq_ctx=seq_ctx, n_threads=n_threads) as scheduler:
         t0 = time.perf_counter()
         requests = [scheduler.submit(m, GenerationParams(max_tokens=max_tokens, temperature=0.0)) for m in rows]
         done = [r.result() for r in requests]
@@ -134,10 +136,11 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seq-ctx", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     path = args.model or smollm2()
-    n_threads = physical_cores()
+    n_threads = args.threads or physical_cores()
     engine = Engine(path, n_ctx=256, n_threads=n_threads)
     rows = conversations(args.rows)
     prompts = [engine.prompt_tokens(m)[0] for m in rows]
@@ -150,11 +153,13 @@ def main() -> None:
             runs = []
             for _ in range(args.repeat):
                 if name == "edgeds":
-                    tokens, elapsed = run_edgeds(engine, rows, parallel, args.max_tokens, args.seq_ctx)
+                    tokens, elapsed = run_edgeds(engine, rows, parallel, args.max_tokens, args.seq_ctx, n_threads)
                 else:
                     tokens, elapsed = run_raw(raw_model, raw_vocab, prompts, parallel, args.max_tokens,
                                               args.seq_ctx, n_threads)
                 runs.append(tokens / elapsed)
+                print(f"  {name} parallel {parallel}: {tokens} tokens in {elapsed:.1f} s = {runs[-1]:.1f} tok/s",
+                      file=sys.stderr, flush=True)
             cell[name] = round(statistics.median(runs), 1)
             cell[f"{name}_tokens"] = tokens
         results.append(cell)
