@@ -156,6 +156,8 @@ def _read_part(path: Path) -> tuple[dict[str, Any], list[tuple[str, str, int, in
                 raise EdgedsError(f"{path}: truncated GGUF file ({len(buf)} bytes, its tensors need "
                                   f"{data_start + data_end})")
             return metadata, tensors
+    except struct.error:  # a skipped string array ran past the end of the file
+        raise EdgedsError(f"{path}: truncated GGUF header") from None
     except (OSError, ValueError) as err:
         raise EdgedsError(f"{path}: not a readable GGUF file ({err})") from None
 

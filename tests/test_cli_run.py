@@ -73,7 +73,7 @@ def test_prompt_from_stdin_and_verbose_stats(smollm2_path):
 def test_missing_model_is_one_line_error():
     result = edgeds("run", "no-such-model.gguf", "hi")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["edgeds: error: no-such-model.gguf: no such model file"]
+    assert result.stderr.strip().splitlines() == ["edgeds: error: no-such-model.gguf: no such file"]
 
 
 def test_truncated_gguf_is_one_line_error(smollm2_path, tmp_path):
