@@ -69,12 +69,11 @@ def placement_line(engine) -> str:
     return line
 
 
-def open_model(spec: str, *, n_ctx: int | None = None):
+def open_model(spec: str, *, n_ctx: int | None = None, moe_offload: str = "auto"):
     """A GGUF path or a downloaded registry id -> Engine (no downloads from inside the TUI)."""
     from edgeds.loader import open_engine
-    from edgeds.models import resolve_model
 
-    return open_engine(resolve_model(spec, pull=False, progress=False).path, n_ctx=n_ctx)
+    return open_engine(spec, n_ctx=n_ctx, moe_offload=moe_offload, pull=False, progress=False)
 
 
 def load_keymap(path: Path) -> dict[str, str]:
@@ -98,6 +97,7 @@ class ChatApp(App):
         model: a GGUF path or registry id, loaded in the background on start.
         engine: an already loaded Engine (the app does not close it).
         n_ctx: context length for models this app loads.
+        moe_offload: expert placement for models this app loads (auto|all|none|N).
         system: a system prompt for new conversations.
         params: generation parameters for every reply (grammar, seed, max_tokens, …).
         store: the conversation database; default: `Store()` in the data dir.
@@ -125,6 +125,7 @@ class ChatApp(App):
         *,
         engine=None,
         n_ctx: int | None = None,
+        moe_offload: str = "auto",
         system: str | None = None,
         params: GenerationParams | None = None,
         store: Store | None = None,
@@ -136,6 +137,7 @@ class ChatApp(App):
         self.engine = engine
         self._owns_engine = False
         self.n_ctx = n_ctx
+        self.moe_offload = moe_offload
         self.system = system
         self.params = params or GenerationParams()
         self.store = store or Store()
@@ -493,7 +495,7 @@ class ChatApp(App):
     def _load(self, spec: str) -> None:
         opener = self._open_model or open_model
         try:
-            engine = opener(spec, n_ctx=self.n_ctx)
+            engine = opener(spec, n_ctx=self.n_ctx, moe_offload=self.moe_offload)
         except EdgedsError as err:
             self.post_message(ModelFailed(spec, str(err)))
         except Exception as err:  # noqa: BLE001
@@ -509,7 +511,7 @@ class ChatApp(App):
         self.model_spec = message.spec
         self.context_used = 0
         self._refresh_header()
-        self.notify(f"Loaded {self.engine.name}")
+        self.notify(f"Loaded {self.engine.name}" + (f": {self.engine.placement}" if self.engine.placement else ""))
 
     def on_model_failed(self, message: ModelFailed) -> None:
         self._refresh_header()

@@ -22,7 +22,6 @@ from edgeds.runtime.llama import LoadOptions, TensorOverride
 GIB = 1024**3
 MIB = 1024**2
 HEADROOM = 512 * MIB  # driver/context overhead llama.cpp does not report in its buffers
-DEFAULT_CTX = 4096
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 _EXPERT = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)_exps\.")
 
@@ -129,8 +128,11 @@ def parse_moe_offload(value: str) -> str | int:
 def plan(table: TensorTable, *, gpu_free: int, moe_offload: str = "auto", n_ctx: int | None = None,
          gpu_total: int | None = None, gpu_name: str = "GPU") -> Placement:
     """The placement for a tensor table and `gpu_free` bytes of VRAM (0: CPU only)."""
+    from edgeds.runtime.engine import DEFAULT_MAX_CTX
+
     mode = parse_moe_offload(moe_offload)
-    n_ctx = n_ctx or min(table.n_ctx_train or DEFAULT_CTX, DEFAULT_CTX)
+    # the engine's default context is at most this (it also caps it by free RAM)
+    n_ctx = n_ctx or min(table.n_ctx_train or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
     n_layer = table.n_layer
     moe_layers = [i for i in range(n_layer) if table.layer_experts[i]]
     gpu_total = gpu_total if gpu_total is not None else gpu_free

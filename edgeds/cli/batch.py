@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
+from edgeds.cli.options import MoeOffload
 from edgeds.errors import UsageError
 
 
@@ -26,6 +27,7 @@ def batch(
     top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Default for rows without top_p (model default 0.95)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Default seed for rows without one, for repeatable rows (the same with any --parallel on quantized models)."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", min=256, help="Context length of each sequence (default 4096)."),
+    moe_offload: str = MoeOffload,
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file for every row."),
     json_summary: bool = typer.Option(False, "--json-summary", help="Print the summary as JSON on stdout."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal)."),
@@ -53,7 +55,8 @@ def batch(
             raise UsageError("give --model (a GGUF file or registry id), or --endpoint URL")
         from edgeds.runtime.scheduler import open_scheduler
 
-        backend = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx)
+        backend = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx, moe_offload=moe_offload)
+        print(f"edgeds: {backend.engine.placement}", file=sys.stderr)
     try:
         summary = run_batch(input_path, output, backend, defaults=defaults, parallel=parallel,
                             overwrite=overwrite, progress=progress)

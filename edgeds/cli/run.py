@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
+from edgeds.cli.options import MoeOffload
 from edgeds.errors import UsageError
 
 
@@ -27,6 +28,7 @@ def run(
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", min=256, help="Context length (default: trained length, capped by RAM)."),
     system: Optional[str] = typer.Option(None, "--system", help="System prompt (R1 models get it folded into the first user turn)."),
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file that constrains the output."),
+    moe_offload: str = MoeOffload,
 ) -> None:
     """Generate one reply: reasoning (dim, stderr) then the answer (stdout)."""
     from edgeds.loader import open_engine
@@ -46,7 +48,9 @@ def run(
         except OSError as err:
             raise UsageError(f"{grammar}: cannot read the grammar ({err.strerror})") from None
 
-    engine = open_engine(model, n_ctx=n_ctx)
+    engine = open_engine(model, n_ctx=n_ctx, moe_offload=moe_offload)
+    if verbose or (sys.stderr.isatty() and not json_lines):
+        print(f"edgeds: {engine.placement}", file=sys.stderr)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, grammar=grammar_text)
 

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
+from edgeds.cli.options import MoeOffload
 from edgeds.errors import UsageError
 
 
@@ -18,6 +19,7 @@ def serve(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEDS_API_KEY", help="Require 'Authorization: Bearer KEY'."),
     parallel: int = typer.Option(4, "--parallel", "-p", min=1, max=64, help="Requests decoded together (slots)."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", min=256, help="Context length of each slot (default 4096)."),
+    moe_offload: str = MoeOffload,
 ) -> None:
     """Serve /v1/chat/completions (streaming too), /v1/models and /health."""
     import sys
@@ -27,10 +29,11 @@ def serve(
 
     if not model:
         raise UsageError("give a MODEL (a GGUF file or registry id)")
-    scheduler = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx)
+    scheduler = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx, moe_offload=moe_offload)
     try:
         server = Server(scheduler, host=host, port=port, api_key=api_key)
-        print(f"edgeds serve: {scheduler.name} on {server.url}/v1 ({parallel} slots × {scheduler.seq_ctx} tokens)"
+        print(f"edgeds serve: {scheduler.name} on {server.url}/v1 ({parallel} slots × {scheduler.seq_ctx} tokens; "
+              f"{scheduler.engine.placement})"
               + ("" if host in ("127.0.0.1", "localhost", "::1") else "; reachable from the network"),
               file=sys.stderr, flush=True)
         try:

@@ -166,6 +166,7 @@ class Engine:
         if allow_system is None:
             allow_system = not chat.is_reasoning_template(self.chat_template)
         self.allow_system = allow_system
+        self.placement = ""  # one line on where the weights sit (the loader's placement plan)
         self._cached: list[int] = []  # tokens whose KV is in sequence 0
         self.reused_prompt_tokens = 0  # of the last prompt, tokens whose KV was already cached
         self._cancel = threading.Event()

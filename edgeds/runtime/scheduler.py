@@ -321,14 +321,13 @@ class Scheduler:
 
 
 def open_scheduler(spec, *, parallel: int = 4, seq_ctx: int | None = None,
-                   n_threads: int | None = None) -> Scheduler:
+                   n_threads: int | None = None, moe_offload: str = "auto") -> Scheduler:
     """Load the model `spec` names (a GGUF path or a registry id) and put a scheduler on it."""
     from edgeds.loader import open_engine
-    from edgeds.models import resolve_model
 
-    path = resolve_model(spec, pull="ask").path
     # The engine's own single-sequence context goes unused here: keep it at the minimum.
-    engine = open_engine(path, n_ctx=256, n_threads=n_threads)
+    engine = open_engine(spec, n_ctx=256, n_threads=n_threads, moe_offload=moe_offload,
+                         kv_tokens=parallel * (seq_ctx or DEFAULT_SEQ_CTX))
     try:
         return Scheduler(engine, parallel=parallel, seq_ctx=seq_ctx, n_threads=n_threads)
     except BaseException:

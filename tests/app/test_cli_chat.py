@@ -18,11 +18,12 @@ def test_missing_model_file_is_one_line_error(tmp_path, capsys):
     assert err.startswith("edgeds: error: ") and "nope.gguf" in err and err.count("\n") == 1
 
 
-def test_moe_offload_without_planner_is_a_usage_error(smollm2_path, capsys):
+def test_bad_moe_offload_is_a_usage_error_before_loading(smollm2_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["chat", str(smollm2_path), "--moe-offload", "auto"])
+        main(["chat", str(smollm2_path), "--moe-offload", "most"])
     assert exc.value.code == 2
-    assert "--moe-offload" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--moe-offload 'most'" in err and err.count("\n") == 1
 
 
 def test_cli_does_not_import_textual():

@@ -177,3 +177,25 @@ def test_eval_self_is_exact_and_quantized_diverges(moe_f16, plain_q2, tmp_path, 
     with pytest.raises(SystemExit):
         main(["eval", str(plain_q2), "--ref", str(moe_f16), "--text", str(text), "--n-ctx", "4096"])
     assert "needs at least 4096" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "batch"])
+def test_cli_moe_offload_all_explains_and_applies_the_plan(laid_out, tmp_path, command):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EDGEDS_LLAMA_LOG": "1"}
+    if command == "run":
+        args = ["run", str(laid_out), "hello", "--max-tokens", "4", "--temperature", "0", "--verbose"]
+    else:
+        rows = tmp_path / "in.jsonl"
+        rows.write_text(json.dumps({"id": 1, "prompt": "hello", "max_tokens": 4}) + "\n")
+        args = ["batch", str(rows), "-o", str(tmp_path / "out.jsonl"), "--model", str(laid_out), "--no-progress"]
+    done = subprocess.run([sys.executable, "-m", "edgeds", *args, "--moe-offload", "all"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "experts of layers 1-2 on CPU" in done.stderr  # the one-line plan
+    overridden = set(re.findall(r"tensor (\S+) \([^)]*\) buffer type overridden to CPU", done.stderr))
+    assert overridden == {n for n in tensor_types(laid_out) if expert_layer(n) is not None}
