@@ -23,6 +23,8 @@ def convert(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     quant: Optional[str] = typer.Option(None, "--quant", help="Then quantize with llama.cpp: a recipe (moe-q2, moe-q3, "
                                         "moe-q4, ...) or type (Q4_K_M, ...); see `edgeds quantize --list`."),
+    split_experts: bool = typer.Option(False, "--split-experts", help="With --quant on a MoE model: write llama.cpp split "
+                                       "files, the first with every non-expert tensor, the second with the routed experts."),
 ) -> None:
     """Convert a Hugging Face checkpoint (safetensors: BF16, F16, F32 or FP8) to a GGUF file."""
     from edgeds.convert import convert as run_convert
@@ -31,6 +33,8 @@ def convert(
     if outtype not in OUTTYPES:
         raise UsageError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
     if quant is None:
+        if split_experts:
+            raise UsageError("--split-experts applies to quantized output: add --quant TYPE|RECIPE")
         path = run_convert(src, output, outtype, verify=verify, progress=progress, revision=revision)
         typer.echo(str(path))
         return
@@ -42,7 +46,7 @@ def convert(
     staged = output.with_name(output.name + ".f16.partial")  # never looks like a finished file
     try:
         run_convert(src, staged, "f16", verify=verify, progress=progress, revision=revision)
-        for path in quantize_file(staged, output, quant):
+        for path in quantize_file(staged, output, quant, split_experts=split_experts):
             typer.echo(str(path))
     finally:
         staged.unlink(missing_ok=True)

@@ -33,3 +33,31 @@ def test_convert_refuses_imatrix_types_before_converting(moe_hf, tmp_path, capsy
     assert exc.value.code != 0
     assert "needs an importance matrix" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_with_quant_and_split_experts(moe_hf, tmp_path, capsys):
+    from edgeds.cli import main
+    from edgeds.convert.layout import expert_layer
+    from edgeds.gguf_info import _read_part
+
+    out = tmp_path / "tiny-moe-q2.gguf"
+    try:
+        main(["convert", str(moe_hf), "-o", str(out), "--quant", "moe-q2", "--split-experts", "--no-progress"])
+    except SystemExit as exc:
+        assert not exc.code
+    written = capsys.readouterr().out.split()
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["tiny-moe-q2-00001-of-00002.gguf", "tiny-moe-q2-00002-of-00002.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.rsplit("/", 1)[-1] for p in written)
+    hot, experts = (_read_part(p)[1] for p in written)
+    assert all(expert_layer(name) is None for name, *_ in hot)
+    assert experts and all(expert_layer(name) is not None for name, *_ in experts)
+
+
+def test_split_experts_without_quant_is_a_usage_error(moe_hf, tmp_path, capsys):
+    from edgeds.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["convert", str(moe_hf), "-o", str(tmp_path / "x.gguf"), "--split-experts", "--no-progress"])
+    assert exc.value.code == 2
+    assert "--split-experts" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
