@@ -5,9 +5,9 @@ for llama.cpp's raw decode loop and for the edgeds Engine in the same run.
   then `n_gen` single-token decodes, each token picked by llama.cpp's C greedy sampler);
 - edgeds: `Engine.generate` on a chat prompt of about `n_prompt` tokens, greedy, `n_gen` tokens
   at most (the model may stop earlier; tok/s is still per generated token).
-Each is repeated `reps` times after one warm-up; tables give mean ± sd, like llama-bench. The
-overhead ratio (edgeds ÷ raw) says what the Engine's Python loop, chat template, detokenizer and
-reasoning splitter cost.
+Each is repeated `reps` times after one warm-up, the two runners alternating; tables give
+mean ± sd, like llama-bench. The overhead ratio (edgeds ÷ raw) says what the Engine's Python
+loop, chat template, detokenizer and reasoning splitter cost.
 """
 
 from __future__ import annotations
@@ -44,46 +44,46 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def raw_llama_runs(path: Path, *, n_prompt: int, n_gen: int, reps: int, threads: int,
-                   n_gpu_layers: int = 0, seed: int = 42) -> tuple[list[Run], dict]:
+class RawLoop:
     """llama.cpp's own loop through its C API (no edgeds runtime code on the hot path)."""
-    import llama_cpp
 
-    from edgeds.runtime.llama import captured_llama_log
+    def __init__(self, path: Path, *, n_prompt: int, n_gen: int, threads: int, n_gpu_layers: int = 0,
+                 seed: int = 42):
+        import llama_cpp
 
-    with captured_llama_log():  # routes llama.cpp's log away from the terminal
-        mparams = llama_cpp.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
-        if not model:
-            from edgeds.errors import ModelLoadError
+        from edgeds.errors import ModelLoadError
+        from edgeds.runtime.llama import captured_llama_log
 
-            raise ModelLoadError(f"{path}: llama.cpp could not load it")
-        cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_prompt + n_gen + 16
-        cparams.n_batch = max(n_prompt, 1)
-        cparams.n_ubatch = min(max(n_prompt, 1), 512)
-        cparams.n_threads = cparams.n_threads_batch = threads
-        cparams.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(model, cparams)
-    info = {
-        "size": llama_cpp.llama_model_size(model),
-        "params": llama_cpp.llama_model_n_params(model),
-    }
-    desc = ctypes.create_string_buffer(256)
-    llama_cpp.llama_model_desc(model, desc, 256)
-    info["desc"] = desc.value.decode(errors="replace")
-    vocab = llama_cpp.llama_model_get_vocab(model)
-    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
-    memory = llama_cpp.llama_get_memory(ctx)
-    batch = llama_cpp.llama_batch_init(max(n_prompt, 1), 0, 1)
-    chain_params = llama_cpp.llama_sampler_chain_default_params()
-    chain_params.no_perf = True
-    sampler = llama_cpp.llama_sampler_chain_init(chain_params)
-    llama_cpp.llama_sampler_chain_add(sampler, llama_cpp.llama_sampler_init_greedy())
-    rng = random.Random(seed)
+        self.n_prompt, self.n_gen = n_prompt, n_gen
+        with captured_llama_log():  # routes llama.cpp's log away from the terminal
+            mparams = llama_cpp.llama_model_default_params()
+            mparams.n_gpu_layers = n_gpu_layers
+            self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
+            if not self.model:
+                raise ModelLoadError(f"{path}: llama.cpp could not load it")
+            cparams = llama_cpp.llama_context_default_params()
+            cparams.n_ctx = n_prompt + n_gen + 16
+            cparams.n_batch = max(n_prompt, 1)
+            cparams.n_ubatch = min(max(n_prompt, 1), 512)
+            cparams.n_threads = cparams.n_threads_batch = threads
+            cparams.no_perf = True
+            self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        self.size = llama_cpp.llama_model_size(self.model)
+        self.n_params = llama_cpp.llama_model_n_params(self.model)
+        desc = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(self.model, desc, 256)
+        self.desc = desc.value.decode(errors="replace")
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(max(n_prompt, 1), 0, 1)
+        chain_params = llama_cpp.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self.sampler = llama_cpp.llama_sampler_chain_init(chain_params)
+        llama_cpp.llama_sampler_chain_add(self.sampler, llama_cpp.llama_sampler_init_greedy())
+        self.rng = random.Random(seed)
 
-    def fill(tokens: list[int], start: int) -> None:
+    def _fill(self, tokens: list[int], start: int) -> None:
+        batch = self.batch
         for i, tok in enumerate(tokens):
             batch.token[i] = tok
             batch.pos[i] = start + i
@@ -92,85 +92,102 @@ def raw_llama_runs(path: Path, *, n_prompt: int, n_gen: int, reps: int, threads:
             batch.logits[i] = i == len(tokens) - 1
         batch.n_tokens = len(tokens)
 
-    runs = []
-    try:
-        for rep in range(reps + 1):  # the first one warms up
-            llama_cpp.llama_memory_clear(memory, True)
-            prompt = [rng.randrange(n_vocab) for _ in range(n_prompt)]
-            fill(prompt, 0)
-            t0 = time.perf_counter()
-            if llama_cpp.llama_decode(ctx, batch) != 0:
-                raise RuntimeError("llama_decode failed on the prompt batch")
-            llama_cpp.llama_synchronize(ctx)
-            t1 = time.perf_counter()
-            token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
-            t_first = time.perf_counter()
-            for j in range(n_gen):
-                fill([token], n_prompt + j)
-                if llama_cpp.llama_decode(ctx, batch) != 0:
-                    raise RuntimeError("llama_decode failed while generating")
-                token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
-            t2 = time.perf_counter()
-            if rep:
-                runs.append(Run(n_prompt / (t1 - t0), n_gen / (t2 - t_first), t_first - t0, n_prompt, n_gen))
-    finally:
-        llama_cpp.llama_sampler_free(sampler)
-        llama_cpp.llama_batch_free(batch)
-        llama_cpp.llama_free(ctx)
-        llama_cpp.llama_model_free(model)
-    return runs, info
+    def run(self) -> Run:
+        """One pp + tg repetition on a fresh random prompt."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_clear(self.memory, True)
+        self._fill([self.rng.randrange(self.n_vocab) for _ in range(self.n_prompt)], 0)
+        t0 = time.perf_counter()
+        if llama_cpp.llama_decode(self.ctx, self.batch) != 0:
+            raise RuntimeError("llama_decode failed on the prompt batch")
+        llama_cpp.llama_synchronize(self.ctx)
+        t1 = time.perf_counter()
+        token = llama_cpp.llama_sampler_sample(self.sampler, self.ctx, -1)
+        t_first = time.perf_counter()
+        for j in range(self.n_gen):
+            self._fill([token], self.n_prompt + j)
+            if llama_cpp.llama_decode(self.ctx, self.batch) != 0:
+                raise RuntimeError("llama_decode failed while generating")
+            token = llama_cpp.llama_sampler_sample(self.sampler, self.ctx, -1)
+        t2 = time.perf_counter()
+        return Run(self.n_prompt / (t1 - t0), self.n_gen / (t2 - t_first), t_first - t0, self.n_prompt, self.n_gen)
+
+    def close(self) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_sampler_free(self.sampler)
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)
+        llama_cpp.llama_model_free(self.model)
 
 
 FILLER = ("The quick brown fox jumps over the lazy dog while the river runs past old stone "
           "bridges and quiet fields of wheat. ")
 
 
-def engine_runs(path: Path, *, n_prompt: int, n_gen: int, reps: int, threads: int) -> list[Run]:
+class EngineLoop:
     """The edgeds Engine: chat template, sampler chain, detokenizer, reasoning splitter."""
-    from edgeds.events import Done
-    from edgeds.runtime import Engine, GenerationParams
 
-    engine = Engine(path, n_ctx=n_prompt + n_gen + 64, n_threads=threads)
-    try:
-        def messages(rep: int, words: int) -> list[dict]:
-            text = (FILLER * (words // 20 + 1)).split()[:words]
-            # A different first word each run, so the Engine's prefix cache cannot skip the prompt.
-            return [{"role": "user", "content": f"Run {rep}. " + " ".join(text)
-                     + "\nNow count from 1 to 500, separated by commas."}]
+    def __init__(self, path: Path, *, n_prompt: int, n_gen: int, threads: int):
+        from edgeds.runtime import Engine, GenerationParams
 
-        words = n_prompt
+        self.engine = Engine(path, n_ctx=n_prompt + n_gen + 64, n_threads=threads)
+        self.params = GenerationParams(max_tokens=n_gen, temperature=0.0, seed=0)
+        self.reps = 0
+        self.words = n_prompt
         for _ in range(4):  # size the prompt to about n_prompt tokens
-            n = len(engine.prompt_tokens(messages(0, words))[0])
+            n = len(self.engine.prompt_tokens(self._messages())[0])
             if abs(n - n_prompt) <= 2:
                 break
-            words = max(1, words + (n_prompt - n) * words // max(n, 1))
-        params = GenerationParams(max_tokens=n_gen, temperature=0.0, seed=0)
-        runs = []
-        for rep in range(reps + 1):
-            stats = None
-            for event in engine.generate(messages(rep + 1, words), params):
-                if isinstance(event, Done):
-                    stats = event.stats
-            if rep and stats is not None:
-                runs.append(Run(stats.prompt_tok_s, stats.decode_tok_s, stats.ttft_s,
-                                stats.prompt_tokens, stats.completion_tokens))
-        return runs
-    finally:
-        engine.close()
+            self.words = max(1, self.words + (n_prompt - n) * self.words // max(n, 1))
+
+    def _messages(self) -> list[dict]:
+        text = (FILLER * (self.words // 20 + 1)).split()[:self.words]
+        # A different first word each run, so the Engine's prefix cache cannot skip the prompt.
+        return [{"role": "user", "content": f"Run {self.reps}. " + " ".join(text)
+                 + "\nNow count from 1 to 500, separated by commas."}]
+
+    def run(self) -> Run:
+        from edgeds.events import Done
+
+        self.reps += 1
+        stats = None
+        for event in self.engine.generate(self._messages(), self.params):
+            if isinstance(event, Done):
+                stats = event.stats
+        return Run(stats.prompt_tok_s, stats.decode_tok_s, stats.ttft_s, stats.prompt_tokens,
+                   stats.completion_tokens)
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 def run_bench(path: Path, *, n_prompt: int = 512, n_gen: int = 128, reps: int = 5,
               threads: int | None = None, engine: bool = True) -> BenchResult:
+    """Both runners loaded side by side, one warm-up each, then their repetitions alternate so
+    drift in machine load (these machines are shared) hits both alike."""
     from edgeds.hardware import physical_cores
     from edgeds.runtime.llama import gpu_offload_supported
 
     threads = threads or physical_cores()
     gpu = gpu_offload_supported()
-    raw, info = raw_llama_runs(path, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads,
-                               n_gpu_layers=-1 if gpu else 0)
-    eng = engine_runs(path, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads) if engine else []
-    return BenchResult(info["desc"], info["size"], info["params"], "GPU" if gpu else "CPU", threads,
-                       tuple(raw), tuple(eng))
+    runners = [RawLoop(path, n_prompt=n_prompt, n_gen=n_gen, threads=threads, n_gpu_layers=-1 if gpu else 0)]
+    try:
+        if engine:
+            runners.append(EngineLoop(path, n_prompt=n_prompt, n_gen=n_gen, threads=threads))
+        runs: list[list[Run]] = [[] for _ in runners]
+        for rep in range(reps + 1):  # the first one warms up
+            for runner, out in zip(runners, runs):
+                run = runner.run()
+                if rep:
+                    out.append(run)
+        raw = runners[0]
+        return BenchResult(raw.desc, raw.size, raw.n_params, "GPU" if gpu else "CPU", threads,
+                           tuple(runs[0]), tuple(runs[1]) if engine else ())
+    finally:
+        for runner in runners:
+            runner.close()
 
 
 def _size(n: int) -> str:

@@ -25,9 +25,13 @@ def test_bench_prints_a_llama_bench_table_with_both_runners(smollm2_path, capsys
 
 
 def test_raw_loop_counts_what_it_ran(smollm2_path):
-    from edgeds.bench import raw_llama_runs
+    from edgeds.bench import RawLoop
 
-    runs, info = raw_llama_runs(smollm2_path, n_prompt=8, n_gen=2, reps=2, threads=2)
-    assert len(runs) == 2 and all(r.n_prompt == 8 and r.n_gen == 2 for r in runs)
+    raw = RawLoop(smollm2_path, n_prompt=8, n_gen=2, threads=2)
+    try:
+        runs = [raw.run(), raw.run()]
+    finally:
+        raw.close()
+    assert all(r.n_prompt == 8 and r.n_gen == 2 for r in runs)
     assert all(r.pp_tok_s > 0 and r.tg_tok_s > 0 and r.ttft_s > 0 for r in runs)
-    assert info["params"] > 100_000_000 and info["size"] > 0
+    assert raw.n_params > 100_000_000 and raw.size > 0
