@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edgeds.app import ChatApp
 from edgeds.events import Done
+from edgeds.hardware import threads_beside_ui
 from edgeds.runtime import Engine
 from edgeds.runtime.params import GenerationParams
 from edgeds.store import Store
@@ -51,10 +52,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="decode threads (default: physical cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="decode threads (default: what the chat app uses, edgeds.hardware.threads_beside_ui)")
     args = parser.parse_args()
     params = GenerationParams(max_tokens=args.max_tokens, seed=7)
-    with Engine(args.model or smollm2(), n_ctx=2048, n_threads=args.threads) as engine, tempfile.TemporaryDirectory() as tmp:
+    threads = args.threads or threads_beside_ui()
+    with Engine(args.model or smollm2(), n_ctx=2048, n_threads=threads) as engine, tempfile.TemporaryDirectory() as tmp:
         engine_run(engine, GenerationParams(max_tokens=8, seed=7))  # warm-up
         bare, tui = [], []
         for i in range(args.runs):

@@ -8,9 +8,14 @@ type name is a recipe of its own (its stock mixture).
 from __future__ import annotations
 
 import re
-import tomllib
+import sys
 from dataclasses import dataclass
 from importlib import resources
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 from edgeds.errors import EdgedsError
 

@@ -7,7 +7,6 @@ built without a GPU backend. Nothing here loads a model.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import shutil
@@ -16,16 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Device:
-    """One ggml backend device as llama.cpp sees it."""
-
-    name: str
-    description: str
-    kind: str            # "cpu", "gpu", "igpu", "accel"
-    free_bytes: int
-    total_bytes: int
+from edgeds.runtime.llama_ext import Device
 
 
 @dataclass(frozen=True)
@@ -46,7 +36,7 @@ class Hardware:
     ram_total: int
     ram_available: int
     gpu_offload: bool                  # llama.cpp was built with a GPU backend
-    devices: tuple[Device, ...]
+    devices: tuple[Device, ...]        # llama.cpp's device list
     gpu_hints: tuple[GpuHint, ...]
 
     @property
@@ -74,24 +64,44 @@ def cpu_name() -> str:
 
 
 def physical_cores() -> int:
-    """Physical cores (not hyperthreads); os.cpu_count() where the OS does not say."""
+    """Physical cores available to this process (llama.cpp decodes best with one thread each)."""
     try:
-        cores = set()
-        phys = None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("physical id"):
-                phys = line.split(":")[1].strip()
-            elif line.startswith("core id"):
-                cores.add((phys, line.split(":")[1].strip()))
-        if cores:
-            return min(len(cores), len(os.sched_getaffinity(0)))
-    except (OSError, AttributeError):
-        pass
-    if sys.platform == "darwin":
-        out = _run(["sysctl", "-n", "hw.physicalcpu"])
-        if out and out.strip().isdigit():
-            return int(out)
-    return os.cpu_count() or 1
+        available = os.sched_getaffinity(0)
+    except AttributeError:  # macOS, Windows
+        if sys.platform == "darwin":
+            out = _run(["sysctl", "-n", "hw.physicalcpu"])
+            if out and out.strip().isdigit():
+                return int(out)
+        return os.cpu_count() or 1
+    siblings: set[frozenset[int]] = set()
+    for cpu in available:
+        path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            siblings.add(frozenset(_cpu_list(path.read_text())) & frozenset(available))
+        except OSError:
+            return max(1, len(available))
+    return max(1, len(siblings))
+
+
+def threads_beside_ui() -> int:
+    """Decode threads for an app whose UI thread shares the machine: every physical core where
+    hyperthreads are left over for the UI, else one core less. llama.cpp's threads meet at a
+    barrier after every op, so a UI thread that preempts one of them stalls them all (measured
+    on a 2-core machine: SmolLM2 in the chat app at 93 tok/s on 2 threads, 140 on 1)."""
+    cores = physical_cores()
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except AttributeError:
+        logical = os.cpu_count() or cores
+    return cores if logical > cores else max(1, cores - 1)
+
+
+def _cpu_list(text: str) -> list[int]:
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
 
 
 def memory() -> tuple[int, int]:
@@ -138,50 +148,6 @@ def nvidia_smi() -> tuple[GpuHint, ...]:
     return tuple(hints)
 
 
-_DEV_KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}  # enum ggml_backend_dev_type
-
-
-def ggml_devices() -> tuple[Device, ...]:
-    """llama.cpp's device list (ggml_backend_dev_*), through edgeds' ctypes extension when it
-    has it, else straight from libggml."""
-    try:
-        from edgeds.runtime import llama_ext  # written alongside the quantizer
-        if hasattr(llama_ext, "devices"):
-            return tuple(
-                Device(d.name, getattr(d, "description", d.name), getattr(d, "kind", "gpu"),
-                       getattr(d, "free_bytes", 0), getattr(d, "total_bytes", 0))
-                for d in llama_ext.devices())
-    except ImportError:
-        pass
-    import llama_cpp
-
-    from edgeds.runtime.llama import _init_backend
-
-    _init_backend()
-    libdir = Path(llama_cpp.__file__).parent / "lib"
-    names = {"darwin": "libggml.dylib", "win32": "ggml.dll"}
-    lib = ctypes.CDLL(str(libdir / names.get(sys.platform, "libggml.so")))
-    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    for fn in ("ggml_backend_dev_name", "ggml_backend_dev_description"):
-        getattr(lib, fn).restype = ctypes.c_char_p
-        getattr(lib, fn).argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_type.restype = ctypes.c_int
-    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
-    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
-                                            ctypes.POINTER(ctypes.c_size_t)]
-    devices = []
-    for i in range(lib.ggml_backend_dev_count()):
-        dev = lib.ggml_backend_dev_get(i)
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        devices.append(Device(
-            lib.ggml_backend_dev_name(dev).decode(), lib.ggml_backend_dev_description(dev).decode(),
-            _DEV_KINDS.get(lib.ggml_backend_dev_type(dev), "other"), free.value, total.value))
-    return tuple(devices)
-
-
 def detect(*, with_llama: bool = True) -> Hardware:
     """Probe the machine. `with_llama=False` skips llama.cpp (no backends, no devices)."""
     total, avail = memory()
@@ -192,8 +158,10 @@ def detect(*, with_llama: bool = True) -> Hardware:
         from edgeds.runtime.llama import _init_backend
 
         _init_backend()
+        from edgeds.runtime import llama_ext
+
         offload = bool(llama_cpp.llama_supports_gpu_offload())
-        devices = ggml_devices()
+        devices = tuple(llama_ext.devices())
     return Hardware(
         cpu=cpu_name(),
         physical_cores=physical_cores(),

@@ -243,11 +243,11 @@ def plan_placement(model_path: str | os.PathLike[str], moe_offload: str = "auto"
     from edgeds.runtime import llama_ext
 
     table = read_table(model_path)
-    gpus = [d for d in llama_ext.devices() if d.type in ("gpu", "igpu")]
+    gpus = [d for d in llama_ext.devices() if d.kind in ("gpu", "igpu")]
     name, total = ("GPU", 0)
     if gpu_free is None:
-        gpu_free = gpus[0].free if gpus else 0
+        gpu_free = gpus[0].free_bytes if gpus else 0
         if gpus:
-            name, total = gpus[0].name, gpus[0].total
+            name, total = gpus[0].name, gpus[0].total_bytes
     return plan(table, gpu_free=gpu_free, moe_offload=moe_offload, n_ctx=n_ctx,
                 gpu_total=total or gpu_free, gpu_name=name)

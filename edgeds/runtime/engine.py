@@ -15,6 +15,7 @@ from typing import Iterator
 
 from edgeds.errors import ContextOverflow, EdgedsError
 from edgeds.events import Answer, Done, Event, Reasoning, Stats
+from edgeds.hardware import physical_cores
 from edgeds.reasoning import ReasoningSplitter
 from edgeds.runtime import chat
 from edgeds.runtime.llama import (
@@ -32,30 +33,6 @@ MIN_CTX = 2048
 # Reasoning traces run to thousands of tokens, but a full 128k-token KV cache and its compute
 # buffers take gigabytes: default to at most this much; --n-ctx goes higher.
 DEFAULT_MAX_CTX = 32768
-
-
-def physical_cores() -> int:
-    """Physical cores available to this process (llama.cpp decodes best with one thread each)."""
-    try:
-        available = os.sched_getaffinity(0)
-    except AttributeError:
-        available = set(range(os.cpu_count() or 1))
-    siblings: set[frozenset[int]] = set()
-    for cpu in available:
-        path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
-        try:
-            siblings.add(frozenset(_cpu_list(path.read_text())) & frozenset(available))
-        except OSError:
-            return max(1, len(available))
-    return max(1, len(siblings))
-
-
-def _cpu_list(text: str) -> list[int]:
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
 
 
 def kv_bytes_per_token(metadata: dict[str, str]) -> int:

@@ -22,21 +22,9 @@ class Device:
 
     name: str
     description: str
-    type: str  # cpu, gpu, igpu, accel
-    free: int
-    total: int
-
-    @property
-    def kind(self) -> str:
-        return self.type
-
-    @property
-    def free_bytes(self) -> int:
-        return self.free
-
-    @property
-    def total_bytes(self) -> int:
-        return self.total
+    kind: str  # cpu, gpu, igpu, accel
+    free_bytes: int
+    total_bytes: int
 
 
 class _BuftOverride(ctypes.Structure):
@@ -102,7 +90,7 @@ def buffer_type(device: str) -> int:
     for d, handle in found:
         if d.name == device:
             return ggml.ggml_backend_dev_buffer_type(handle)
-    names = ", ".join(["CPU"] + [d.name for d, _ in found if d.type != "cpu"])
+    names = ", ".join(["CPU"] + [d.name for d, _ in found if d.kind != "cpu"])
     raise EdgedsError(f"unknown device {device!r} for a tensor override: available devices are {names}")
 
 
