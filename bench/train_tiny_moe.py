@@ -3,25 +3,27 @@
     nice python bench/train_tiny_moe.py OUT_DIR [--steps 200] [--text FILE]
 
 Writes a Hugging Face checkpoint (config.json, safetensors, tokenizer) to OUT_DIR. Widths are
-multiples of 256 so llama.cpp's K-quants apply to every expert without block-size fallbacks; 32
-routed experts per layer so the experts hold most of the transformer-layer weights. The default text
+multiples of 256 so llama.cpp's K-quants apply to every expert without block-size fallbacks; 128
+routed experts per layer (--experts) so the routed experts outweigh the 129k-row embedding and
+output matrices, as they do (by far) in V3/R1. The default text
 is the GPL-3 (the first 85% for training; bench/eval_recipes.py scores the rest).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(os.environ.get("EDGEDS_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 DEFAULT_TEXT = Path("/usr/share/common-licenses/GPL-3")
 SHAPE = dict(
     vocab_size=129280, hidden_size=256, intermediate_size=512, moe_intermediate_size=256,
     num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1,
-    n_routed_experts=32, num_experts_per_tok=4, n_group=4, topk_group=2, first_k_dense_replace=1,
+    n_routed_experts=128, num_experts_per_tok=4, n_group=4, topk_group=2, first_k_dense_replace=1,
     kv_lora_rank=256, q_lora_rank=256, qk_rope_head_dim=32, qk_nope_head_dim=32, v_head_dim=64,
     routed_scaling_factor=2.5, norm_topk_prob=True, max_position_embeddings=4096, rms_norm_eps=1e-6,
     bos_token_id=0, eos_token_id=1, tie_word_embeddings=False,
@@ -45,6 +47,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--text", type=Path, default=DEFAULT_TEXT)
+    ap.add_argument("--experts", type=int, default=SHAPE["n_routed_experts"])
     args = ap.parse_args()
 
     import torch
@@ -55,7 +58,7 @@ def main() -> None:
     tok_dir = tokenizer_dir()
     train, _ = split_text(args.text)
     ids = torch.tensor(Tokenizer.from_file(str(tok_dir / "tokenizer.json")).encode(train).ids)
-    config = DeepseekV3Config(**SHAPE, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    config = DeepseekV3Config(**{**SHAPE, "n_routed_experts": args.experts}, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     model = DeepseekV3ForCausalLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=args.steps, pct_start=0.1)

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import MoeOffload
+from edgeds.cli.options import MoeOffload, read_grammar
 from edgeds.errors import UsageError
 
 
@@ -39,12 +39,7 @@ def batch(
     from edgeds.runtime.params import GenerationParams
 
     check_paths(input_path, output)
-    grammar_text = None
-    if grammar is not None:
-        try:
-            grammar_text = grammar.read_text()
-        except OSError as err:
-            raise UsageError(f"{grammar}: cannot read the grammar ({err.strerror})") from None
+    grammar_text = read_grammar(grammar)
     defaults = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, grammar=grammar_text)
     if endpoint:
         from edgeds.remote import RemoteBackend

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from edgeds.errors import UsageError
 
 MOE_OFFLOAD_HELP = (
     "Where the routed experts of a MoE model go: auto (fill the GPU, the rest of the experts in CPU RAM), "
@@ -11,9 +15,15 @@ MOE_OFFLOAD_HELP = (
 )
 
 
-def moe_offload_option(default: str = "auto"):
-    """`--moe-offload auto|all|none|N`; pass the value to `edgeds.placement.plan_placement`."""
-    return typer.Option(default, "--moe-offload", help=MOE_OFFLOAD_HELP, metavar="auto|all|none|N")
+# `--moe-offload auto|all|none|N`, for run, chat, batch and serve; the value goes to edgeds.loader.open_engine.
+MoeOffload = typer.Option("auto", "--moe-offload", help=MOE_OFFLOAD_HELP, metavar="auto|all|none|N")
 
 
-MoeOffload = moe_offload_option()
+def read_grammar(path: Path | None) -> str | None:
+    """The text of a `--grammar FILE` (GBNF), or a usage error naming the file."""
+    if path is None:
+        return None
+    try:
+        return path.read_text()
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read the grammar ({err.strerror})") from None

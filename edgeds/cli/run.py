@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import MoeOffload
+from edgeds.cli.options import MoeOffload, read_grammar
 from edgeds.errors import UsageError
 
 
@@ -41,12 +41,7 @@ def run(
         prompt = sys.stdin.read()
     if not prompt.strip():
         raise UsageError("the prompt is empty")
-    grammar_text = None
-    if grammar is not None:
-        try:
-            grammar_text = grammar.read_text()
-        except OSError as err:
-            raise UsageError(f"{grammar}: cannot read the grammar ({err.strerror})") from None
+    grammar_text = read_grammar(grammar)
 
     engine = open_engine(model, n_ctx=n_ctx, moe_offload=moe_offload)
     if verbose or (sys.stderr.isatty() and not json_lines):
