@@ -73,9 +73,12 @@ def llama_cpp_ids(gguf_path: Path, text: str) -> list[int]:
     """llama.cpp's ids for `text` from the GGUF's vocabulary alone (BOS/EOS as the file says)."""
     import llama_cpp
 
+    from edgeds.runtime.llama import captured_llama_log
+
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
-    model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), params)
+    with captured_llama_log():  # llama.cpp's loader log is not for the terminal
+        model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), params)
     if not model:
         raise ConversionError(f"{gguf_path}: llama.cpp cannot load the vocabulary")
     try:
@@ -95,11 +98,15 @@ def llama_cpp_logits(gguf_path: Path, ids: list[int], n_threads: int | None = No
     """Logits for every position of `ids`, with an F32 KV cache (so only the weights differ)."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids)),
-                          logits_all=True, n_threads=n_threads, verbose=False,
-                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    from edgeds.runtime.llama import captured_llama_log
+
+    with captured_llama_log():
+        llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids)),
+                              logits_all=True, n_threads=n_threads, verbose=False,
+                              type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     try:
-        llm.eval(ids)
+        with captured_llama_log():
+            llm.eval(ids)
         return np.array(llm.scores[: len(ids)], dtype=np.float32)
     finally:
         llm.close()
@@ -108,7 +115,10 @@ def llama_cpp_logits(gguf_path: Path, ids: list[int], n_threads: int | None = No
 def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
 
+    logging.set_verbosity_error()  # its load report (e.g. the skipped MTP layer) and progress bars
+    logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False).eval()
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
