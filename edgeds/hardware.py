@@ -14,8 +14,10 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgeds.runtime.llama_ext import Device
+if TYPE_CHECKING:  # the runtime package imports this module
+    from edgeds.runtime.llama_ext import Device
 
 
 @dataclass(frozen=True)
