@@ -269,3 +269,26 @@ async def test_switch_model_from_a_file_and_a_bad_id(smollm2_path, store):
         header = str(app.query_one("#header").render())
         assert "Q4_1" in header and "ctx 0/512" in header
         assert app.engine.model.path == smollm2_path
+
+
+LONG = GenerationParams(max_tokens=200, temperature=0.0)
+
+
+async def test_view_follows_the_reply_until_the_user_scrolls_up(smol, store):
+    app = ChatApp(engine=smol, params=LONG, store=store)
+    async with app.run_test(size=(80, 16)) as pilot:
+        view = app.conversation
+        await send(pilot, "Write a long story about a lighthouse keeper.")
+        await reply_done(pilot)
+        await pilot.pause(0.1)
+        assert view.max_scroll_y > 0 and view.scroll_y == view.max_scroll_y  # followed to the bottom
+
+        await send(pilot, "Write another long story, about a baker.")
+        await wait_for(pilot, lambda: view.max_scroll_y > 0 and app.generating and app._turn and app._turn.answer)
+        view.scroll_home(animate=False, immediate=True)
+        await pilot.pause(0.05)
+        height_when_scrolled = view.max_scroll_y
+        await reply_done(pilot)
+        await pilot.pause(0.1)
+        assert view.max_scroll_y > height_when_scrolled  # the reply kept growing below
+        assert view.scroll_y == 0  # and the view stayed where the user put it
