@@ -120,8 +120,10 @@ def test_an_interrupted_pull_resumes_in_the_next_one(hub, tmp_path):
     user_registry_path().write_text(registry_text().replace(f"size = {len(DATA[SINGLE])}", f"size = {len(big)}"))
     hf_home = tmp_path / "hf"
     env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(hf_home), HF_HUB_OFFLINE="0")
+    # Ctrl-C as at a terminal, even when this test runs in a background job that ignores SIGINT
     proc = subprocess.Popen([sys.executable, "-m", "edgeds", "pull", "tiny-test:Q8_0", "-q"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 90
     partial = []
     while time.monotonic() < deadline and not partial:
