@@ -5,8 +5,7 @@
 Writes a Hugging Face checkpoint (config.json, safetensors, tokenizer) to OUT_DIR. Widths are
 multiples of 256 so llama.cpp's K-quants apply to every expert without block-size fallbacks; 128
 routed experts per layer (--experts) so the routed experts outweigh the 129k-row embedding and
-output matrices, as they do (by far) in V3/R1. The default text
-is the GPL-3 (the first 85% for training; bench/eval_recipes.py scores the rest).
+output matrices, as they do (by far) in V3/R1. The default text is the GPL-3 (the first 85% for training; bench/eval_recipes.py scores the rest).
 """
 
 from __future__ import annotations
@@ -58,7 +57,8 @@ def main() -> None:
     tok_dir = tokenizer_dir()
     train, _ = split_text(args.text)
     ids = torch.tensor(Tokenizer.from_file(str(tok_dir / "tokenizer.json")).encode(train).ids)
-    config = DeepseekV3Config(**{**SHAPE, "n_routed_experts": args.experts}, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    config = DeepseekV3Config(**{**SHAPE, "n_routed_experts": args.experts},
+                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     model = DeepseekV3ForCausalLM(config)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=args.steps, pct_start=0.1)

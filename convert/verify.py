@@ -100,16 +100,15 @@ def llama_cpp_logits(gguf_path: Path, ids: list[int], n_threads: int | None = No
 
     from edgeds.runtime.llama import captured_llama_log
 
-    with captured_llama_log():
+    with captured_llama_log():  # llama.cpp's loader and context log is not for the terminal
         llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids)),
                               logits_all=True, n_threads=n_threads, verbose=False,
                               type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
-    try:
-        with captured_llama_log():
+        try:
             llm.eval(ids)
-        return np.array(llm.scores[: len(ids)], dtype=np.float32)
-    finally:
-        llm.close()
+            return np.array(llm.scores[: len(ids)], dtype=np.float32)
+        finally:
+            llm.close()
 
 
 def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
@@ -117,9 +116,15 @@ def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
-    logging.set_verbosity_error()  # its load report (e.g. the skipped MTP layer) and progress bars
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()  # not its load report (e.g. the skipped MTP layer) nor progress bars
     logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False).eval()
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
 

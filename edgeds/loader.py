@@ -51,7 +51,5 @@ def open_engine(
         g = resolved.entry.generation
         defaults = ModelDefaults(temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens,
                                  allow_system=g.allow_system)
-    engine = Engine(resolved.path, n_ctx=n_ctx, n_threads=n_threads, load_options=placement.load_options,
-                    defaults=defaults)
-    engine.placement = placement.explanation
-    return engine
+    return Engine(resolved.path, n_ctx=n_ctx, n_threads=n_threads, load_options=placement.load_options,
+                  defaults=defaults, placement=placement.explanation)

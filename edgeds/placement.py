@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeds.errors import EdgedsError, UsageError
+from edgeds.runtime.engine import DEFAULT_MAX_CTX
 from edgeds.runtime.llama import LoadOptions, TensorOverride
 
 GIB = 1024**3
@@ -128,8 +129,6 @@ def parse_moe_offload(value: str) -> str | int:
 def plan(table: TensorTable, *, gpu_free: int, moe_offload: str = "auto", n_ctx: int | None = None,
          gpu_total: int | None = None, gpu_name: str = "GPU") -> Placement:
     """The placement for a tensor table and `gpu_free` bytes of VRAM (0: CPU only)."""
-    from edgeds.runtime.engine import DEFAULT_MAX_CTX
-
     mode = parse_moe_offload(moe_offload)
     # the engine's default context is at most this (it also caps it by free RAM)
     n_ctx = n_ctx or min(table.n_ctx_train or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)

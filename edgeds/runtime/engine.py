@@ -115,6 +115,7 @@ class Engine:
         load_options: full control over loading (placement plans build these).
         defaults: generation defaults; registry entries carry their own.
         chat_template: a Jinja chat template to use instead of the GGUF's own.
+        placement: one line on where the weights sit (the placement plan's explanation).
     """
 
     def __init__(
@@ -127,6 +128,7 @@ class Engine:
         load_options: LoadOptions | None = None,
         defaults: ModelDefaults | None = None,
         chat_template: str | None = None,
+        placement: str = "",
     ):
         path = Path(model)
         if load_options is None:
@@ -143,7 +145,7 @@ class Engine:
         if allow_system is None:
             allow_system = not chat.is_reasoning_template(self.chat_template)
         self.allow_system = allow_system
-        self.placement = ""  # one line on where the weights sit (the loader's placement plan)
+        self.placement = placement
         self._cached: list[int] = []  # tokens whose KV is in sequence 0
         self.reused_prompt_tokens = 0  # of the last prompt, tokens whose KV was already cached
         self._cancel = threading.Event()
