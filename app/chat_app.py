@@ -63,7 +63,7 @@ def placement_line(engine) -> str:
     """Where the weights sit, in a few words (from the load options the engine used)."""
     options = engine.model.options
     n_layer = engine.model.n_layer
-    from edgeds.runtime.llama import gpu_offload_supported
+    from edgeds.llamacpp.binding import gpu_offload_supported
 
     if options.n_gpu_layers == 0 or not gpu_offload_supported():
         return "CPU"
@@ -76,7 +76,7 @@ def placement_line(engine) -> str:
 
 def open_model(spec: str, *, n_ctx: int | None = None, moe_offload: str = "auto"):
     """A GGUF path or a downloaded registry id -> Engine (no downloads from inside the TUI)."""
-    from edgeds.hardware import threads_beside_ui
+    from edgeds.machine.hardware import threads_beside_ui
     from edgeds.loader import open_engine
 
     return open_engine(spec, n_ctx=n_ctx, n_threads=threads_beside_ui(), moe_offload=moe_offload,
@@ -173,7 +173,7 @@ class ChatApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        from edgeds.registry import user_config_dir
+        from edgeds.paths import config_dir
 
         # The decode worker holds the GIL for a moment per token; with the default 5 ms switch
         # interval it waited behind the UI's renders (0.95 of bare Engine speed; 1.0 at 0.5 ms).
@@ -181,7 +181,7 @@ class ChatApp(App):
         sys.setswitchinterval(0.0005)
 
         try:
-            keymap = {**load_keymap(user_config_dir() / KEYMAP_FILE), **self._keymap}
+            keymap = {**load_keymap(config_dir() / KEYMAP_FILE), **self._keymap}
         except EdgedsError as err:
             self.notify(str(err), severity="error")
             keymap = self._keymap
@@ -489,7 +489,7 @@ class ChatApp(App):
         if self.generating:
             self.notify("Cancel the running reply first (Esc).", severity="warning")
             return
-        from edgeds.registry import load_registry
+        from edgeds.catalog.registry import load_registry
 
         try:
             suggestions = [entry.id for entry in load_registry()]

@@ -21,7 +21,7 @@ from pathlib import Path
 import llama_cpp
 
 from edgeds.runtime import Engine, GenerationParams
-from edgeds.hardware import physical_cores
+from edgeds.machine.hardware import physical_cores
 from edgeds.runtime.scheduler import Scheduler
 
 TOPICS = ["rivers", "owls", "bread", "comets", "violins", "deserts", "glaciers", "tigers"]

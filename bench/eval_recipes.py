@@ -2,7 +2,7 @@
 
     nice python bench/eval_recipes.py MODEL-F16.gguf --text FILE [--recipes moe-q2,q2-pure,...]
 
-Quantizes the F16 GGUF with each recipe (llama.cpp's quantizer), evaluates it with edgeds.evaluate
+Quantizes the F16 GGUF with each recipe (llama.cpp's quantizer), evaluates it with edgeds.measure.evaluate
 against the F16 file on the same token chunks, and prints a Markdown table: file size, bytes of
 routed experts, perplexity, mean and p99 KLD, top-1 agreement.
 """
@@ -27,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgeds.convert.quantize import plan_quantization, quantize
-    from edgeds.evaluate import evaluate
+    from edgeds.measure.evaluate import evaluate
 
     text = args.text.read_text(encoding="utf-8")
     text = text[int(len(text) * (1 - args.tail)):]

@@ -5,7 +5,7 @@
 
 `bench` writes a random DeepSeek-V2-Lite-sized deepseek2 GGUF (27 layers, 64 experts top-6,
 Q4_0 weights with small scales, about 9 GiB) with the real V3 vocabulary, plans both placements
-for the same artificial VRAM budget with edgeds.placement, loads each through edgeds' runtime and
+for the same artificial VRAM budget with edgeds.machine.placement, loads each through edgeds' runtime and
 measures prompt (512 tokens) and decode (64 tokens) speed, medians of 3. It prints the plans, the
 speeds and how many `buffer type overridden` lines llama.cpp logged.
 """
@@ -125,7 +125,7 @@ def write_model(vocab: Path, out: Path, s: dict) -> None:
 
 
 def measure(path: Path, placement, n_prompt: int = 512, n_gen: int = 64, reps: int = 3) -> dict:
-    from edgeds.runtime.llama import Context, Model, captured_llama_log
+    from edgeds.llamacpp.binding import Context, Model, captured_llama_log
 
     with captured_llama_log() as log:
         model = Model(path, placement.load_options)
@@ -165,7 +165,7 @@ def main() -> None:
     if args.cmd == "vocab":
         write_vocab(args.template, args.out)
         return
-    from edgeds.placement import plan, read_table
+    from edgeds.machine.placement import plan, read_table
 
     shape = dict(SHAPE, L=args.layers)
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgeds.app import ChatApp
 from edgeds.events import Done
-from edgeds.hardware import threads_beside_ui
+from edgeds.machine.hardware import threads_beside_ui
 from edgeds.runtime import Engine
 from edgeds.runtime.params import GenerationParams
 from edgeds.store import Store
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None,
-                        help="decode threads (default: what the chat app uses, edgeds.hardware.threads_beside_ui)")
+                        help="decode threads (default: what the chat app uses, edgeds.machine.hardware.threads_beside_ui)")
     args = parser.parse_args()
     params = GenerationParams(max_tokens=args.max_tokens, seed=7)
     threads = args.threads or threads_beside_ui()

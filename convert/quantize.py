@@ -69,7 +69,7 @@ def _params(recipe: Recipe, *, dry_run: bool, nthread: int, keep: list):
 
 def _run(src: Path, dst: Path, params, what: str) -> list[str]:
     import llama_cpp
-    from edgeds.runtime.llama import captured_llama_log
+    from edgeds.llamacpp.binding import captured_llama_log
 
     with captured_llama_log() as log:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
@@ -207,7 +207,7 @@ def quantize_file(
     """Quantize, then for MoE files (routed-expert tensors present) rewrite into the expert-offload
     layout with its edgeds.* metadata. Returns the written file(s)."""
     from edgeds.convert.layout import expert_layer, write_layout
-    from edgeds.gguf_info import _read_part
+    from edgeds.catalog.gguf import _read_part
 
     src, out = Path(src), Path(out)
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe

@@ -73,7 +73,7 @@ def llama_cpp_ids(gguf_path: Path, text: str) -> list[int]:
     """llama.cpp's ids for `text` from the GGUF's vocabulary alone (BOS/EOS as the file says)."""
     import llama_cpp
 
-    from edgeds.runtime.llama import captured_llama_log
+    from edgeds.llamacpp.binding import captured_llama_log
 
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
@@ -98,7 +98,7 @@ def llama_cpp_logits(gguf_path: Path, ids: list[int], n_threads: int | None = No
     """Logits for every position of `ids`, with an F32 KV cache (so only the weights differ)."""
     import llama_cpp
 
-    from edgeds.runtime.llama import captured_llama_log
+    from edgeds.llamacpp.binding import captured_llama_log
 
     with captured_llama_log():  # llama.cpp's loader and context log is not for the terminal
         llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids)),

@@ -28,7 +28,7 @@ def open_engine(
     Args:
         spec: a GGUF path or a registry id `id[:QUANT]`.
         n_ctx: the engine's context length (default: trained length, capped by free RAM).
-        moe_offload: auto|all|none|N, see `edgeds.placement`.
+        moe_offload: auto|all|none|N, see `edgeds.machine.placement`.
         kv_tokens: KV cache tokens the caller will allocate, for the placement plan
             (a scheduler's parallel × seq_ctx); default n_ctx, or the trained length.
         pull: whether a registry model that is not downloaded may be pulled ("ask": on a terminal).
@@ -40,8 +40,8 @@ def open_engine(
         UsageError: a bad --moe-offload value.
         ModelLoadError: llama.cpp could not load it.
     """
-    from edgeds.models import resolve_model
-    from edgeds.placement import parse_moe_offload, plan_placement
+    from edgeds.catalog.resolve import resolve_model
+    from edgeds.machine.placement import parse_moe_offload, plan_placement
 
     parse_moe_offload(moe_offload)  # a typo fails before a download
     resolved = resolve_model(spec, pull=pull, progress=progress)

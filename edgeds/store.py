@@ -13,13 +13,13 @@ goes back to the model. No UI code here.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeds.errors import EdgedsError
+from edgeds.paths import data_dir
 
 DB_NAME = "chats.db"
 
@@ -51,16 +51,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def data_dir() -> Path:
-    """$EDGEDS_HOME, else platformdirs' user data dir for edgeds."""
-    home = os.environ.get("EDGEDS_HOME")
-    if home:
-        return Path(home)
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("edgeds"))
 
 
 def default_path() -> Path:

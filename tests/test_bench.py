@@ -25,7 +25,7 @@ def test_bench_prints_a_llama_bench_table_with_both_runners(smollm2_path, capsys
 
 
 def test_raw_loop_counts_what_it_ran(smollm2_path):
-    from edgeds.bench import RawLoop
+    from edgeds.measure.bench import RawLoop
 
     raw = RawLoop(smollm2_path, n_prompt=8, n_gen=2, threads=2)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgeds.cli import main
-from edgeds.registry import user_registry_path
+from edgeds.catalog.registry import user_registry_path
 
 
 def run(args: list[str], capsys) -> tuple[int, str, str]:

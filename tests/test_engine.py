@@ -9,7 +9,7 @@ import pytest
 from edgeds.errors import ContextOverflow
 from edgeds.events import Answer, Done, Reasoning
 from edgeds.runtime import Engine, GenerationParams
-from edgeds.runtime.llama import TextStream
+from edgeds.llamacpp.binding import TextStream
 from tests.conftest import THINK_GRAMMAR
 
 

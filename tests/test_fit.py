@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from edgeds import fit
-from edgeds.gguf_info import read_gguf
-from edgeds.registry import load_registry
+from edgeds.machine import fit
+from edgeds.catalog.gguf import read_gguf
+from edgeds.catalog.registry import load_registry
 
 MiB = 1 << 20
 
 
 def measured_buffers(path: Path, n_ctx: int) -> dict[str, float]:
-    from edgeds.runtime.llama import Context, Model, captured_llama_log
+    from edgeds.llamacpp.binding import Context, Model, captured_llama_log
 
     with captured_llama_log() as log:
         model = Model(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeds import hardware
+from edgeds.machine import hardware
 
 
 @pytest.mark.parametrize("physical, logical, expected", [(8, 16, 8), (8, 8, 7), (2, 2, 1), (1, 1, 1)])

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from edgeds.errors import ModelNotFound
-from edgeds.models import resolve_model
-from edgeds.registry import user_registry_path
+from edgeds.catalog.resolve import resolve_model
+from edgeds.catalog.registry import user_registry_path
 from tests.hub_server import FakeHub
 
 REPO = "acme/tiny-GGUF"

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from edgeds.events import Answer, Reasoning
-from edgeds.reasoning import ReasoningSplitter
+from edgeds.runtime.reasoning import ReasoningSplitter
 
 
 def split(pieces, *, in_reasoning=False):

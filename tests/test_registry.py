@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edgeds.errors import EdgedsError
-from edgeds.registry import PACKAGED_REGISTRY, load_registry, split_spec, user_registry_path
+from edgeds.catalog.registry import PACKAGED_REGISTRY, load_registry, split_spec, user_registry_path
 
 EXPECTED_IDS = {
     "r1-distill-qwen-1.5b", "r1-distill-qwen-7b", "r1-distill-qwen-14b", "r1-distill-qwen-32b",

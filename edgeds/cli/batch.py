@@ -35,14 +35,14 @@ def batch(
     """Run every row of IN.jsonl and write reasoning + answer rows to OUT.jsonl."""
     import sys
 
-    from edgeds.batch import check_paths, run_batch
+    from edgeds.serving.batch import check_paths, run_batch
     from edgeds.runtime.params import GenerationParams
 
     check_paths(input_path, output)
     grammar_text = read_grammar(grammar)
     defaults = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, grammar=grammar_text)
     if endpoint:
-        from edgeds.remote import RemoteBackend
+        from edgeds.serving.remote import RemoteBackend
 
         backend = RemoteBackend(endpoint, model=model, api_key=api_key, parallel=parallel)
     else:

@@ -19,8 +19,8 @@ def bench(
     raw_only: bool = typer.Option(False, "--raw-only", help="Only llama.cpp's raw loop, not the Engine."),
 ) -> None:
     """Benchmark like llama-bench: llama.cpp's raw decode loop and the edgeds Engine, same run."""
-    from edgeds.bench import format_table, run_bench
-    from edgeds.models import resolve_model
+    from edgeds.measure.bench import format_table, run_bench
+    from edgeds.catalog.resolve import resolve_model
 
     resolved = resolve_model(model, pull="ask")
     result = run_bench(resolved.path, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads,

@@ -20,13 +20,13 @@ def chat(
 ) -> None:
     """Chat with a model in a terminal UI; reasoning streams into a collapsible section."""
     if model is None:
-        from edgeds.registry import load_registry
+        from edgeds.catalog.registry import load_registry
 
         model = load_registry().default_chat or None
         if model is None:
             raise UsageError("give a MODEL (a GGUF file or a registry id)")
-    from edgeds.models import resolve_model
-    from edgeds.placement import parse_moe_offload
+    from edgeds.catalog.resolve import resolve_model
+    from edgeds.machine.placement import parse_moe_offload
 
     parse_moe_offload(moe_offload)
     resolve_model(model, pull="ask")  # downloads (asking first) before the UI starts

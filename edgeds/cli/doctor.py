@@ -23,9 +23,9 @@ def doctor(
     vram: Optional[float] = typer.Option(None, "--vram", help="Pretend this much free VRAM (GiB)."),
 ) -> None:
     """This machine (CPU, RAM, llama.cpp backends, GPUs) and, per registry quant, how it fits."""
-    from edgeds import fit
-    from edgeds.hardware import detect
-    from edgeds.registry import load_registry
+    from edgeds.machine import fit
+    from edgeds.machine.hardware import detect
+    from edgeds.catalog.registry import load_registry
 
     hw = detect()
     typer.echo(f"CPU        {hw.cpu}: {hw.physical_cores} physical cores, {hw.logical_cores} threads")
@@ -67,13 +67,13 @@ def fit_cmd(
     """Memory a model needs at a context length, and whether and how it fits here."""
     from pathlib import Path
 
-    from edgeds import fit
+    from edgeds.machine import fit
     from edgeds.errors import ModelNotFound
-    from edgeds.hardware import detect
-    from edgeds.registry import load_registry, split_spec
+    from edgeds.machine.hardware import detect
+    from edgeds.catalog.registry import load_registry, split_spec
 
     if Path(model).expanduser().is_file():
-        from edgeds.gguf_info import read_gguf
+        from edgeds.catalog.gguf import read_gguf
 
         info = read_gguf(Path(model).expanduser())
         geom = fit.Geometry.from_gguf(info)

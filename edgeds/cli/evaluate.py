@@ -21,7 +21,7 @@ def eval_command(
 ) -> None:
     """Perplexity of MODEL and the KL divergence of its token distributions from REF's."""
     from edgeds.errors import UsageError
-    from edgeds.evaluate import evaluate
+    from edgeds.measure.evaluate import evaluate
 
     try:
         body = text.read_text(encoding="utf-8")

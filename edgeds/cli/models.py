@@ -17,9 +17,9 @@ def models_pull(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Download a model (every part of a split GGUF) into the Hugging Face cache, with checks."""
-    from edgeds import hub
+    from edgeds.catalog import hub
     from edgeds.errors import ModelNotFound
-    from edgeds.registry import load_registry, split_spec
+    from edgeds.catalog.registry import load_registry, split_spec
 
     registry = load_registry()
     model_id, quant = split_spec(model)
@@ -41,8 +41,8 @@ def models_list(
     local: bool = typer.Option(False, "--local", help="Only models that are downloaded."),
 ) -> None:
     """The registry, with what is downloaded and its size."""
-    from edgeds import hub
-    from edgeds.registry import load_registry
+    from edgeds.catalog import hub
+    from edgeds.catalog.registry import load_registry
 
     registry = load_registry()
     rows = []
@@ -69,8 +69,8 @@ def models_show(
     template: bool = typer.Option(False, "--template", help="Print the whole chat template."),
 ) -> None:
     """A GGUF's metadata: architecture, parameters, quant mix, context, template, edgeds keys."""
-    from edgeds.gguf_info import read_gguf
-    from edgeds.models import resolve_model
+    from edgeds.catalog.gguf import read_gguf
+    from edgeds.catalog.resolve import resolve_model
 
     resolved = resolve_model(model, pull=False)
     info = read_gguf(resolved.path)
@@ -111,9 +111,9 @@ def models_rm(
     models: list[str] = typer.Argument(..., help="Registry id[:QUANT] to delete from the cache."),
 ) -> None:
     """Delete downloaded models from the Hugging Face cache."""
-    from edgeds import hub
+    from edgeds.catalog import hub
     from edgeds.errors import ModelNotFound
-    from edgeds.registry import load_registry, split_spec
+    from edgeds.catalog.registry import load_registry, split_spec
 
     registry = load_registry()
     for spec in models:

@@ -33,7 +33,7 @@ def run(
     """Generate one reply: reasoning (dim, stderr) then the answer (stdout)."""
     from edgeds.loader import open_engine
     from edgeds.runtime import GenerationParams
-    from edgeds.terminal import Output, show
+    from edgeds.serving.terminal import Output, show
 
     if prompt is None:
         if sys.stdin.isatty():

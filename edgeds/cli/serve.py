@@ -25,7 +25,7 @@ def serve(
     import sys
 
     from edgeds.runtime.scheduler import open_scheduler
-    from edgeds.server import Server
+    from edgeds.serving.server import Server
 
     if not model:
         raise UsageError("give a MODEL (a GGUF file or registry id)")

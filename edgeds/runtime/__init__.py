@@ -1,6 +1,20 @@
-"""The runtime: llama.cpp through llama-cpp-python, wrapped as an Engine that yields events."""
+"""The runtime: an Engine (one model, one conversation at a time) and a Scheduler (several
+conversations decoded together), the chat template, generation parameters and the reasoning
+splitter. `Engine` and `GenerationParams` are importable from here; importing the package
+alone does not load llama.cpp (the remote client uses the reasoning splitter without it)."""
 
-from edgeds.runtime.engine import Engine
-from edgeds.runtime.params import GenerationParams, ModelDefaults
+from __future__ import annotations
 
 __all__ = ["Engine", "GenerationParams", "ModelDefaults"]
+
+
+def __getattr__(name: str):
+    if name == "Engine":
+        from edgeds.runtime.engine import Engine
+
+        return Engine
+    if name in ("GenerationParams", "ModelDefaults"):
+        from edgeds.runtime import params
+
+        return getattr(params, name)
+    raise AttributeError(name)

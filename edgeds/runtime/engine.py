@@ -15,10 +15,10 @@ from typing import Iterator
 
 from edgeds.errors import ContextOverflow, EdgedsError
 from edgeds.events import Answer, Done, Event, Reasoning, Stats
-from edgeds.hardware import physical_cores
-from edgeds.reasoning import ReasoningSplitter
+from edgeds.machine.hardware import physical_cores
+from edgeds.runtime.reasoning import ReasoningSplitter
 from edgeds.runtime import chat
-from edgeds.runtime.llama import (
+from edgeds.llamacpp.binding import (
     Context,
     LoadOptions,
     Model,

@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 from edgeds.errors import ContextOverflow, EdgedsError
 from edgeds.events import Answer, Done, Event, Reasoning, Stats
 from edgeds.runtime.engine import Engine, PhaseStream
-from edgeds.runtime.llama import Context, Sampler, SamplingParams
+from edgeds.llamacpp.binding import Context, Sampler, SamplingParams
 from edgeds.runtime.params import GenerationParams
 
 DEFAULT_SEQ_CTX = 4096

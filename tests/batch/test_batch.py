@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeds.batch import OrderedWriter, iter_jsonl, run_batch
+from edgeds.serving.batch import OrderedWriter, iter_jsonl, run_batch
 from edgeds.cli import main
 from edgeds.runtime import Engine, GenerationParams
 from edgeds.runtime.scheduler import Scheduler

@@ -15,11 +15,11 @@ import urllib.request
 import openai
 import pytest
 
-from edgeds.batch import run_batch
-from edgeds.remote import RemoteBackend, split_text
+from edgeds.serving.batch import run_batch
+from edgeds.serving.remote import RemoteBackend, split_text
 from edgeds.runtime import Engine, GenerationParams
 from edgeds.runtime.scheduler import Scheduler
-from edgeds.server import Server
+from edgeds.serving.server import Server
 from tests.conftest import REPO, THINK_GRAMMAR
 
 KEY = "sk-test-edgeds"

@@ -38,7 +38,7 @@ def test_convert_refuses_imatrix_types_before_converting(moe_hf, tmp_path, capsy
 def test_convert_with_quant_and_split_experts(moe_hf, tmp_path, capsys):
     from edgeds.cli import main
     from edgeds.convert.layout import expert_layer
-    from edgeds.gguf_info import _read_part
+    from edgeds.catalog.gguf import _read_part
 
     out = tmp_path / "tiny-moe-q2.gguf"
     try:

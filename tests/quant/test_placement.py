@@ -8,7 +8,7 @@ import re
 import pytest
 
 from edgeds.errors import UsageError
-from edgeds.placement import TensorTable, compute_reserve, plan
+from edgeds.machine.placement import TensorTable, compute_reserve, plan
 
 GB = 10**9
 BPW = 4.5 / 8  # bytes per weight of a Q4_K_M-like file

@@ -107,8 +107,8 @@ def test_layout_and_split_files_load_in_stock_llama_cpp(laid_out, plain_q2, tmp_
 
 
 def test_moe_offload_all_overrides_experts_to_cpu(laid_out):
-    from edgeds.placement import plan_placement
-    from edgeds.runtime.llama import Model, captured_llama_log
+    from edgeds.machine.placement import plan_placement
+    from edgeds.llamacpp.binding import Model, captured_llama_log
 
     placement = plan_placement(laid_out, "all", n_ctx=256)
     assert placement.load_options.overrides
@@ -122,7 +122,7 @@ def test_moe_offload_all_overrides_experts_to_cpu(laid_out):
 
 def test_unknown_override_device_names_the_available_ones(laid_out):
     from edgeds.errors import EdgedsError
-    from edgeds.runtime.llama import LoadOptions, Model, TensorOverride
+    from edgeds.llamacpp.binding import LoadOptions, Model, TensorOverride
 
     with pytest.raises(EdgedsError, match="unknown device 'NoSuchGPU0'.*available devices are CPU"):
         Model(laid_out, LoadOptions(overrides=(TensorOverride("exps", "NoSuchGPU0"),)))
@@ -158,7 +158,7 @@ TEXT = ("The quick brown fox jumps over the lazy dog. " * 3 + "Local models run 
 
 def test_eval_self_is_exact_and_quantized_diverges(moe_f16, plain_q2, tmp_path, capsys):
     from edgeds.cli import main
-    from edgeds.evaluate import evaluate
+    from edgeds.measure.evaluate import evaluate
 
     same = evaluate(moe_f16, moe_f16, TEXT, n_ctx=64, max_chunks=2)
     assert same.n_tokens == 2 * 31 and same.kld_mean == pytest.approx(0.0, abs=1e-6) and same.top1_agree == 1.0

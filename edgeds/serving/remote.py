@@ -18,7 +18,7 @@ from typing import Callable
 
 from edgeds.errors import EdgedsError
 from edgeds.events import Answer, Reasoning, Stats
-from edgeds.reasoning import CLOSE, OPEN, ReasoningSplitter
+from edgeds.runtime.reasoning import CLOSE, OPEN, ReasoningSplitter
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.scheduler import Completion
 

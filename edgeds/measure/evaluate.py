@@ -40,7 +40,7 @@ class EvalResult:
 
 
 def _file_bytes(path: Path) -> int:
-    from edgeds.gguf_info import split_parts
+    from edgeds.catalog.gguf import split_parts
 
     return sum(p.stat().st_size for p in split_parts(path))
 
@@ -65,7 +65,7 @@ def evaluate(model_path: str | os.PathLike[str], ref_path: str | os.PathLike[str
     """Perplexity of `model_path` and KL divergence of its distributions from `ref_path`'s on `text`."""
     import numpy as np
 
-    from edgeds.runtime.llama import Context, LoadOptions, Model
+    from edgeds.llamacpp.binding import Context, LoadOptions, Model
 
     model_path, ref_path = Path(model_path), Path(ref_path)
     for p in (model_path, ref_path):

@@ -11,6 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from edgeds.errors import EdgedsError
+from edgeds.llamacpp.backend import init_backend
 
 _KINDS = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}  # enum ggml_backend_dev_type
 _EXT = {"darwin": ".dylib", "win32": ".dll"}
@@ -42,10 +43,8 @@ def _lib(stem: str) -> ctypes.CDLL:
 
 @lru_cache(maxsize=1)
 def _libs():
-    from edgeds.runtime.llama import _init_backend
-
-    _init_backend()  # loads the backends, so the device registry is filled
-    ggml, cpu, base = _lib("libggml"), _lib("libggml-cpu"), _lib("libggml-base")
+    init_backend()  # loads the backends, so the device registry is filled
+    ggml, cpu = _lib("libggml"), _lib("libggml-cpu")
     ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
     ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
     ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
@@ -59,13 +58,11 @@ def _libs():
     ggml.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
     ggml.ggml_backend_dev_buffer_type.argtypes = [ctypes.c_void_p]
     cpu.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
-    base.ggml_backend_buft_name.restype = ctypes.c_char_p
-    base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
-    return ggml, cpu, base
+    return ggml, cpu
 
 
 def _handles() -> list[tuple[Device, int]]:
-    ggml, _, _ = _libs()
+    ggml, _ = _libs()
     out = []
     for i in range(ggml.ggml_backend_dev_count()):
         dev = ggml.ggml_backend_dev_get(i)
@@ -83,7 +80,7 @@ def devices() -> list[Device]:
 
 def buffer_type(device: str) -> int:
     """The ggml buffer type handle for a device name ("CPU" → the plain CPU buffer type)."""
-    ggml, cpu, _ = _libs()
+    ggml, cpu = _libs()
     if device.upper() == "CPU":
         return cpu.ggml_backend_cpu_buffer_type()
     found = _handles()
@@ -92,11 +89,6 @@ def buffer_type(device: str) -> int:
             return ggml.ggml_backend_dev_buffer_type(handle)
     names = ", ".join(["CPU"] + [d.name for d, _ in found if d.kind != "cpu"])
     raise EdgedsError(f"unknown device {device!r} for a tensor override: available devices are {names}")
-
-
-def buffer_type_name(buft: int) -> str:
-    _, _, base = _libs()
-    return base.ggml_backend_buft_name(buft).decode()
 
 
 def buft_overrides(overrides) -> ctypes.Array:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the runtime package imports this module
-    from edgeds.runtime.llama_ext import Device
+    from edgeds.llamacpp.devices import Device
 
 
 @dataclass(frozen=True)
@@ -157,10 +157,10 @@ def detect(*, with_llama: bool = True) -> Hardware:
     if with_llama:
         import llama_cpp
 
-        from edgeds.runtime.llama import _init_backend
+        from edgeds.llamacpp.binding import _init_backend
 
         _init_backend()
-        from edgeds.runtime import llama_ext
+        from edgeds.llamacpp import devices as llama_ext
 
         offload = bool(llama_cpp.llama_supports_gpu_offload())
         devices = tuple(llama_ext.devices())

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgeds.registry import QuantSource, RegistryEntry, Shape
+from edgeds.catalog.registry import QuantSource, RegistryEntry, Shape
 
 MiB = 1 << 20
 GiB = 1 << 30

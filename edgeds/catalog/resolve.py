@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from edgeds.errors import ModelNotFound
-from edgeds.registry import Registry, RegistryEntry, load_registry, split_spec
+from edgeds.catalog.registry import Registry, RegistryEntry, load_registry, split_spec
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def resolve_model(
             model that is not downloaded and may not be pulled (names `edgeds pull ID:QUANT`).
         HubError: the pull failed.
     """
-    from edgeds import hub
+    from edgeds.catalog import hub
 
     path = Path(spec).expanduser()
     if path.is_file():

@@ -11,68 +11,15 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import os
-import sys
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import llama_cpp
 
-from edgeds.errors import ContextOverflow, ModelLoadError
-
-# ---------------------------------------------------------------------------------------------
-# llama.cpp's log: routed through one callback, shown only when asked for, capturable in tests.
-
-_log_sinks: list[Callable[[str], None]] = []
-_log_to_stderr = bool(os.environ.get("EDGEDS_LLAMA_LOG"))
-_LOG_ERROR, _LOG_CONT = 4, 5  # ggml_log_level
-_last_level = 0
-_backend_lock = threading.Lock()
-_backend_ready = False
-
-
-@llama_cpp.llama_log_callback
-def _on_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    global _last_level
-    if level != _LOG_CONT:
-        _last_level = level
-    message = text.decode("utf-8", errors="replace")
-    for sink in tuple(_log_sinks):
-        sink(message)
-    if _log_to_stderr or (_last_level == _LOG_ERROR and not _log_sinks):
-        sys.stderr.write(message)
-
-
-def _init_backend() -> None:
-    global _backend_ready
-    with _backend_lock:
-        if not _backend_ready:
-            llama_cpp.llama_log_set(_on_llama_log, ctypes.c_void_p(0))
-            llama_cpp.llama_backend_init()
-            _backend_ready = True
-
-
-def set_llama_log(verbose: bool) -> None:
-    """Show llama.cpp's own log on stderr (errors are always shown)."""
-    global _log_to_stderr
-    _log_to_stderr = verbose
-
-
-@contextmanager
-def captured_llama_log() -> Iterator[list[str]]:
-    """Collect llama.cpp's log lines written while the block runs (its errors are not echoed:
-    the caller reports them)."""
-    _init_backend()
-    lines: list[str] = []
-    _log_sinks.append(lines.append)
-    try:
-        yield lines
-    finally:
-        _log_sinks.remove(lines.append)
-
+from edgeds.errors import ContextOverflow, ModelLoadError, UsageError
+from edgeds.llamacpp import devices
+from edgeds.llamacpp.backend import captured_llama_log, init_backend
 
 # ---------------------------------------------------------------------------------------------
 # Loading
@@ -96,16 +43,11 @@ class LoadOptions:
     vocab_only: bool = False
 
 
-def gpu_offload_supported() -> bool:
-    _init_backend()
-    return bool(llama_cpp.llama_supports_gpu_offload())
-
-
 class Model:
     """One loaded GGUF model: weights, vocabulary and metadata."""
 
     def __init__(self, path: str | Path, options: LoadOptions = LoadOptions()):
-        _init_backend()
+        init_backend()
         self.path = Path(path)
         self.options = options
         if not self.path.is_file():
@@ -116,9 +58,7 @@ class Model:
         params.vocab_only = options.vocab_only
         self._overrides_keepalive = None
         if options.overrides:
-            from edgeds.runtime import llama_ext
-
-            self._overrides_keepalive = llama_ext.buft_overrides(options.overrides)
+            self._overrides_keepalive = devices.buft_overrides(options.overrides)
             params.tensor_buft_overrides = ctypes.cast(self._overrides_keepalive, ctypes.c_void_p)
         with captured_llama_log() as log:
             ptr = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
@@ -342,8 +282,6 @@ class Sampler:
             if not grammar:
                 llama_cpp.llama_sampler_free(self.ptr)
                 self.ptr = None
-                from edgeds.errors import UsageError
-
                 raise UsageError("the grammar does not parse (GBNF syntax error; llama.cpp's log has details)")
             add(grammar)
         if params.temperature <= 0:

@@ -25,6 +25,23 @@ from typing import Any
 from edgeds.errors import EdgedsError
 
 _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
+EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)_exps\.")  # a routed expert's weights
+
+
+def expert_layer(name: str) -> int | None:
+    """The layer of a routed-expert tensor (`blk.N.ffn_{gate,up,down}_exps.*`), else None."""
+    m = EXPERT_TENSOR.match(name)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One entry of a GGUF's tensor table."""
+
+    name: str
+    ggml_type: str   # GGMLQuantizationType name: F16, Q4_K, ...
+    n_elements: int
+    n_bytes: int
 
 
 @dataclass(frozen=True)
@@ -37,8 +54,8 @@ class GgufInfo:
     tensor_bytes: int
     quant_mix: dict[str, tuple[int, int]]       # ggml type -> (tensors, bytes)
     metadata: dict[str, Any] = field(repr=False)  # scalar and string keys (arrays summarized)
+    tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)  # every part's, in file order
     expert_bytes: int = 0                        # bytes of routed-expert tensors (ffn_*_exps)
-    output_bytes: int = 0                        # token embedding + output head
 
     def get(self, key: str, default: Any = None) -> Any:
         """A metadata value; `{arch}` in `key` is replaced by the architecture."""
@@ -121,7 +138,7 @@ def _read_value(cur: _Cursor, vtype: int) -> Any:
     raise EdgedsError(f"{cur.path}: unknown GGUF value type {vtype}")
 
 
-def _read_part(path: Path) -> tuple[dict[str, Any], list[tuple[str, str, int, int]]]:
+def read_part(path: Path) -> tuple[dict[str, Any], list[tuple[str, str, int, int]]]:
     """(metadata, [(tensor name, ggml type, elements, bytes)]) of one GGUF file."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -175,20 +192,20 @@ def read_gguf(path: str | Path) -> GgufInfo:
     metadata: dict[str, Any] = {}
     mix: Counter = Counter()
     mix_bytes: Counter = Counter()
-    n_params = tensor_bytes = expert_bytes = output_bytes = 0
+    n_params = tensor_bytes = expert_bytes = 0
+    table: list[TensorInfo] = []
     for part in parts:
-        part_meta, tensors = _read_part(part)
+        part_meta, tensors = read_part(part)
         for key, value in part_meta.items():
             metadata.setdefault(key, value)
         for name, kind, n_elements, n_bytes in tensors:
+            table.append(TensorInfo(name, kind, n_elements, n_bytes))
             mix[kind] += 1
             mix_bytes[kind] += n_bytes
             n_params += n_elements
             tensor_bytes += n_bytes
-            if "_exps." in name:
+            if expert_layer(name) is not None:
                 expert_bytes += n_bytes
-            if name in ("token_embd.weight", "output.weight"):
-                output_bytes += n_bytes
     return GgufInfo(
         path=path,
         parts=parts,
@@ -198,6 +215,6 @@ def read_gguf(path: str | Path) -> GgufInfo:
         tensor_bytes=tensor_bytes,
         quant_mix={k: (mix[k], mix_bytes[k]) for k in sorted(mix, key=lambda k: -mix_bytes[k])},
         metadata=metadata,
+        tensors=tuple(table),
         expert_bytes=expert_bytes,
-        output_bytes=output_bytes,
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from edgeds.errors import HubError
-from edgeds.registry import QuantSource
+from edgeds.catalog.registry import QuantSource
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

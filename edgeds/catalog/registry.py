@@ -8,7 +8,6 @@ and reports a problem as `FILE:LINE: entry 'ID': key 'KEY': what is wrong`.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ else:  # Python 3.10
     import tomli as tomllib
 
 from edgeds.errors import EdgedsError
+from edgeds.paths import config_dir
 
 PACKAGED_REGISTRY = Path(__file__).with_name("models.toml")
 
@@ -198,18 +198,8 @@ class Registry:
 # Loading and validation
 
 
-def user_config_dir() -> Path:
-    """edgeds' config dir: $EDGEDS_HOME, else the platform's user config dir."""
-    home = os.environ.get("EDGEDS_HOME")
-    if home:
-        return Path(home)
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir("edgeds"))
-
-
 def user_registry_path() -> Path:
-    return user_config_dir() / "models.toml"
+    return config_dir() / "models.toml"
 
 
 class _Where:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgeds.errors import EdgedsError, UsageError
 from edgeds.runtime.engine import DEFAULT_MAX_CTX
-from edgeds.runtime.llama import LoadOptions, TensorOverride
+from edgeds.llamacpp.binding import LoadOptions, TensorOverride
 
 GIB = 1024**3
 MIB = 1024**2
@@ -219,7 +219,7 @@ def _moe_plan(table, ngl, cpu_layers, used, n_ctx, gpu_name, total_label) -> Pla
 
 def read_table(model_path: str | os.PathLike[str]) -> TensorTable:
     """The tensor table of a GGUF (all parts of a split file), from its header only."""
-    from edgeds.gguf_info import _read_part, split_parts
+    from edgeds.catalog.gguf import _read_part, split_parts
 
     path = Path(model_path)
     if not path.is_file():
@@ -239,7 +239,7 @@ def plan_placement(model_path: str | os.PathLike[str], moe_offload: str = "auto"
     """Plan the placement of a GGUF on this machine's first GPU (from llama.cpp's device list).
 
     Use it as `Engine(path, load_options=p.load_options, n_ctx=p.n_ctx)`."""
-    from edgeds.runtime import llama_ext
+    from edgeds.llamacpp import devices as llama_ext
 
     table = read_table(model_path)
     gpus = [d for d in llama_ext.devices() if d.kind in ("gpu", "igpu")]
