@@ -1,13 +1,15 @@
 """The event vocabulary every front end consumes: reasoning, answer, done(stats).
 
-`Engine.generate` yields these; `edgeds run --json` prints `to_dict(event)` as JSON lines,
-the TUI renders them, batch and serve aggregate them.
+Every backend (Engine, Scheduler, a remote server) yields these; `edgeds run --json` prints
+`to_dict(event)` as JSON lines, the TUI renders them, batch and serve `collect` them into a
+`Completion`. `GenerationTimer` is the one place where a generation's timings become Stats.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
-from typing import Literal, Union
+from typing import Iterable, Literal, Union
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -75,3 +77,70 @@ def to_dict(event: Event) -> dict:
     if isinstance(event, Done) and data["stats"]["error"] is None:
         del data["stats"]["error"]
     return {"type": data.pop("type"), **data}
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole generation: the joined reasoning and answer, and its stats."""
+
+    reasoning: str
+    answer: str
+    stats: Stats
+
+
+def collect(events: Iterable[Event]) -> Completion:
+    """Join a generation's deltas into one Completion."""
+    reasoning: list[str] = []
+    answer: list[str] = []
+    stats = Stats(finish_reason="error", error="the generation ended without stats")
+    for event in events:
+        if isinstance(event, Reasoning):
+            reasoning.append(event.text)
+        elif isinstance(event, Answer):
+            answer.append(event.text)
+        else:
+            stats = event.stats
+    return Completion("".join(reasoning), "".join(answer), stats)
+
+
+def failed(error: str, *, prompt_tokens: int = 0) -> Completion:
+    """The Completion of a generation that failed before producing anything."""
+    return Completion("", "", Stats(prompt_tokens=prompt_tokens, finish_reason="error", error=error))
+
+
+class GenerationTimer:
+    """The clock of one generation, started when it is created: mark the end of the prompt and
+    the first generated token, then turn the counts into Stats."""
+
+    def __init__(self) -> None:
+        self.t_start = time.perf_counter()
+        self.t_prompt: float | None = None
+        self.t_first: float | None = None
+
+    def prompt_done(self) -> None:
+        self.t_prompt = time.perf_counter()
+
+    def token(self) -> None:
+        """A token was generated (only the first one is timed)."""
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
+
+    def stats(self, *, prompt_tokens: int, generated: int, reasoning_tokens: int, answer_tokens: int,
+              finish_reason: FinishReason, decoded_prompt_tokens: int | None = None,
+              error: str | None = None) -> Stats:
+        """`decoded_prompt_tokens`: prompt tokens actually evaluated (fewer when a cached prefix
+        was reused); default all of them."""
+        t_end = time.perf_counter()
+        decoded = prompt_tokens if decoded_prompt_tokens is None else decoded_prompt_tokens
+        prompt_s = (self.t_prompt or t_end) - self.t_start
+        decode_s = t_end - (self.t_first or t_end)
+        return Stats(
+            prompt_tokens=prompt_tokens,
+            reasoning_tokens=reasoning_tokens,
+            answer_tokens=answer_tokens,
+            ttft_s=round((self.t_first or t_end) - self.t_start, 4),
+            prompt_tok_s=round(decoded / prompt_s, 2) if self.t_prompt and prompt_s > 0 and decoded else 0.0,
+            decode_tok_s=round((generated - 1) / decode_s, 2) if generated > 1 and decode_s > 0 else 0.0,
+            finish_reason=finish_reason,
+            error=error if finish_reason == "error" else None,
+        )

@@ -17,7 +17,8 @@ MiB = 1 << 20
 
 
 def measured_buffers(path: Path, n_ctx: int) -> dict[str, float]:
-    from edgeds.llamacpp.binding import Context, Model, captured_llama_log
+    from edgeds.llamacpp.backend import captured_llama_log
+    from edgeds.llamacpp.binding import Context, Model
 
     with captured_llama_log() as log:
         model = Model(path)

@@ -1,14 +1,15 @@
-"""What a GGUF file says about itself, read with gguf-py's GGUFReader (no llama.cpp).
+"""The one GGUF header reader: what a GGUF file says about itself (no llama.cpp).
 
-Used by `edgeds show` and by the fit estimate: architecture, parameter count, the quant mix
-(tensor count and bytes per ggml type), context length, chat template, the geometry keys the
-KV-cache estimate needs, and the `edgeds.*` expert-layout keys of files edgeds converted.
-Split GGUFs are read part by part (`*-00001-of-0000N.gguf`).
+Used by `edgeds show`, the fit estimate and placement, the converter's layout rewrite and
+quantizer, and the tests: metadata with each key's value type, the tensor table (shape, ggml type,
+data offset and size) and, on demand, a tensor's bytes as a read-only memory map. Split GGUFs
+are read part by part (`*-00001-of-0000N.gguf`).
 
 The file is parsed here with gguf-py's type tables (value types, ggml block sizes) rather than
 with `GGUFReader`, which builds a numpy view per vocabulary string and needs about 25 s for a
-152k-token vocabulary on a small machine; this reader skips arrays and takes well under a
-second. Tests check that both agree.
+152k-token vocabulary on a small machine. Unless asked for `arrays`, this reader summarises
+string arrays and long number arrays ("[151936 strings]") and takes well under a second.
+Tests check that both agree.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import mmap
 import re
 import struct
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,42 @@ from edgeds.errors import EdgedsError
 _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
 EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)_exps\.")  # a routed expert's weights
 
+# GGUFValueType → struct format of the scalar types; 8 is a string, 9 an array
+SCALAR_FORMAT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+                 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+SHORT_ARRAY = 1024  # number arrays up to this long (per-layer values) are read even without `arrays`
+MAX_DIMS = 4        # GGML_MAX_DIMS
+
+# The expert-offload layout record edgeds writes into MoE files (see edgeds.convert.layout).
+KEY_LAYOUT_VERSION = "edgeds.layout.version"
+KEY_HOT_BYTES = "edgeds.layout.hot_bytes"
+KEY_EXPERT_BYTES = "edgeds.layout.expert_bytes"
+KEY_RECIPE = "edgeds.quant.recipe"
+
 
 def expert_layer(name: str) -> int | None:
     """The layer of a routed-expert tensor (`blk.N.ffn_{gate,up,down}_exps.*`), else None."""
     m = EXPERT_TENSOR.match(name)
     return int(m.group(1)) if m else None
+
+
+def split_paths(path: Path, n: int) -> list[Path]:
+    """llama.cpp's names for `path` split in n files (NAME.gguf → NAME-00001-of-0000n.gguf, ...)."""
+    stem = path.name[:-5] if path.name.endswith(".gguf") else path.name
+    return [path.with_name(f"{stem}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1)]
+
+
+def split_parts(path: Path) -> tuple[Path, ...]:
+    """All parts of a split GGUF given any of them (the file itself if not split)."""
+    m = _SPLIT.match(path.name)
+    if not m:
+        return (path,)
+    parts = tuple(split_paths(path.with_name(m["stem"] + ".gguf"), int(m["n"])))
+    missing = [p.name for p in parts if not p.exists()]
+    if missing:
+        raise EdgedsError(f"{path}: split GGUF is missing part(s) {', '.join(missing)}")
+    return parts
 
 
 @dataclass(frozen=True)
@@ -42,6 +75,52 @@ class TensorInfo:
     ggml_type: str   # GGMLQuantizationType name: F16, Q4_K, ...
     n_elements: int
     n_bytes: int
+    shape: tuple[int, ...] = ()  # numpy order: the file's dimensions reversed
+    offset: int = 0              # where the data starts in the file (part) that holds it
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The expert-offload layout record (`edgeds.layout.*`) of a MoE file edgeds wrote."""
+
+    hot_bytes: int                 # every non-expert tensor, stored first
+    expert_bytes: tuple[int, ...]  # routed-expert tensors per layer, 0 for dense layers
+    recipe: str | None             # the quantization recipe, when one was recorded
+
+
+@dataclass(frozen=True)
+class GgufFile:
+    """One GGUF file: metadata, each key's value type, the tensor table; tensor data on demand."""
+
+    path: Path
+    metadata: dict[str, Any] = field(repr=False)
+    value_types: dict[str, tuple[Any, Any]] = field(repr=False)  # key → (GGUFValueType, item type of an array)
+    tensors: tuple[TensorInfo, ...] = field(repr=False)          # in file order
+
+    @cached_property
+    def _by_name(self) -> dict[str, TensorInfo]:
+        return {t.name: t for t in self.tensors}
+
+    def tensor(self, name: str) -> TensorInfo:
+        return self._by_name[name]
+
+    @cached_property
+    def _map(self):
+        import numpy as np
+
+        return np.memmap(self.path, dtype=np.uint8, mode="r")
+
+    def data(self, name: str):
+        """A tensor's bytes as a read-only uint8 view of the memory-mapped file."""
+        t = self.tensor(name)
+        return self._map[t.offset:t.offset + t.n_bytes]
+
+    def f32(self, name: str):
+        """An F32 tensor's values in its shape (a read-only view of the file)."""
+        t = self.tensor(name)
+        if t.ggml_type != "F32":
+            raise ValueError(f"{name} is {t.ggml_type}, not F32")
+        return self.data(name).view("<f4").reshape(t.shape)
 
 
 @dataclass(frozen=True)
@@ -53,7 +132,7 @@ class GgufInfo:
     file_bytes: int
     tensor_bytes: int
     quant_mix: dict[str, tuple[int, int]]       # ggml type -> (tensors, bytes)
-    metadata: dict[str, Any] = field(repr=False)  # scalar and string keys (arrays summarized)
+    metadata: dict[str, Any] = field(repr=False)  # scalar and string keys (long arrays summarized)
     tensors: tuple[TensorInfo, ...] = field(default=(), repr=False)  # every part's, in file order
     expert_bytes: int = 0                        # bytes of routed-expert tensors (ffn_*_exps)
 
@@ -73,75 +152,84 @@ class GgufInfo:
     def edgeds_keys(self) -> dict[str, Any]:
         return {k: v for k, v in self.metadata.items() if k.startswith("edgeds.")}
 
-
-def split_parts(path: Path) -> tuple[Path, ...]:
-    """All parts of a split GGUF given any of them (the file itself if not split)."""
-    m = _SPLIT.match(path.name)
-    if not m:
-        return (path,)
-    n = int(m["n"])
-    parts = tuple(path.with_name(f"{m['stem']}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1))
-    missing = [p.name for p in parts if not p.exists()]
-    if missing:
-        raise EdgedsError(f"{path}: split GGUF is missing part(s) {', '.join(missing)}")
-    return parts
+    @property
+    def layout(self) -> Layout | None:
+        """The expert-offload layout record, or None when the file has none."""
+        if KEY_LAYOUT_VERSION not in self.metadata:
+            return None
+        return Layout(int(self.metadata[KEY_HOT_BYTES]), tuple(int(b) for b in self.metadata[KEY_EXPERT_BYTES]),
+                      self.metadata.get(KEY_RECIPE))
 
 
 class _Cursor:
-    """Little-endian reads over a memory map of the file."""
+    """Little-endian reads over a memory map of the file; reading past its end is a truncated header."""
 
     def __init__(self, buf, path: Path):
         self.buf, self.pos, self.path = buf, 0, path
 
-    def take(self, fmt: str):
-        size = struct.calcsize(fmt)
-        if self.pos + size > len(self.buf):
+    def skip(self, size: int) -> int:
+        """Move on `size` bytes; returns where they start."""
+        start = self.pos
+        if size > len(self.buf) - start:
             raise EdgedsError(f"{self.path}: truncated GGUF header")
-        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
         self.pos += size
-        return value
+        return start
+
+    def take(self, fmt: str):
+        return struct.unpack_from(fmt, self.buf, self.skip(struct.calcsize(fmt)))[0]
 
     def string(self) -> str:
-        n = self.take("<Q")
-        if self.pos + n > len(self.buf):
-            raise EdgedsError(f"{self.path}: truncated GGUF header")
-        raw = bytes(self.buf[self.pos:self.pos + n])
-        self.pos += n
-        return raw.decode("utf-8", errors="replace")
+        return self.strings(1, keep=True)[0]
+
+    def numbers(self, fmt: str, count: int) -> list:
+        return list(struct.unpack_from(f"<{count}{fmt[1]}", self.buf, self.skip(struct.calcsize(fmt) * count)))
+
+    def strings(self, count: int, keep: bool) -> list[str]:
+        """`count` strings; with `keep` False they are skipped over and the list is empty."""
+        buf, pos, out = self.buf, self.pos, []
+        for _ in range(count):
+            n = struct.unpack_from("<Q", buf, pos)[0]  # struct.error past the end: truncated
+            pos += 8
+            if keep:
+                out.append(str(buf[pos:pos + n], "utf-8", "replace"))
+            pos += n
+        self.skip(pos - self.pos)
+        return out
 
 
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
-            11: "<q", 12: "<d"}  # GGUFValueType -> struct format
-_STRING, _ARRAY = 8, 9
-
-
-def _read_value(cur: _Cursor, vtype: int) -> Any:
-    if vtype in _SCALARS:
-        return cur.take(_SCALARS[vtype])
+def _read_value(cur: _Cursor, vtype: int, arrays: bool) -> Any:
+    if vtype in SCALAR_FORMAT:
+        return cur.take(SCALAR_FORMAT[vtype])
     if vtype == _STRING:
         return cur.string()
-    if vtype == _ARRAY:
-        etype, count = cur.take("<I"), cur.take("<Q")
-        if etype in _SCALARS:
-            size = struct.calcsize(_SCALARS[etype])
-            if count <= 16:
-                return [cur.take(_SCALARS[etype]) for _ in range(count)]
-            cur.pos += size * count
-            return f"[{count} values]"
-        if etype == _STRING:
-            for _ in range(count):
-                cur.pos += 8 + struct.unpack_from("<Q", cur.buf, cur.pos)[0]
-            return f"[{count} strings]"
-        for _ in range(count):
-            _read_value(cur, etype)
-        return f"[{count} arrays]"
-    raise EdgedsError(f"{cur.path}: unknown GGUF value type {vtype}")
+    if vtype != _ARRAY:
+        raise EdgedsError(f"{cur.path}: unknown GGUF value type {vtype}")
+    item, count = cur.take("<I"), cur.take("<Q")
+    if count > len(cur.buf) - cur.pos:  # every element takes at least a byte
+        raise EdgedsError(f"{cur.path}: truncated GGUF header")
+    if item in SCALAR_FORMAT:
+        if arrays or count <= SHORT_ARRAY:
+            return cur.numbers(SCALAR_FORMAT[item], count)
+        cur.skip(struct.calcsize(SCALAR_FORMAT[item]) * count)
+        return f"[{count} values]"
+    if item == _STRING:
+        values = cur.strings(count, keep=arrays)
+        return values if arrays else f"[{count} strings]"
+    values = [_read_value(cur, item, arrays) for _ in range(count)]
+    return values if arrays else f"[{count} arrays]"
 
 
-def read_part(path: Path) -> tuple[dict[str, Any], list[tuple[str, str, int, int]]]:
-    """(metadata, [(tensor name, ggml type, elements, bytes)]) of one GGUF file."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+def read_file(path: str | Path, *, arrays: bool = False) -> GgufFile:
+    """The header of one GGUF file (one part of a split one). `arrays`: read every array in full
+    (the vocabulary too); otherwise string arrays and number arrays longer than SHORT_ARRAY are
+    summarised ("[151936 strings]").
 
+    Raises:
+        EdgedsError: not a readable GGUF (truncated, corrupt, wrong magic); one line naming the file.
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+    path = Path(path)
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             cur = _Cursor(buf, path)
@@ -151,32 +239,38 @@ def read_part(path: Path) -> tuple[dict[str, Any], list[tuple[str, str, int, int
             if version not in (2, 3):
                 raise EdgedsError(f"{path}: unsupported GGUF version {version}")
             n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
-            metadata = {}
+            metadata, value_types = {}, {}
             for _ in range(n_kv):
                 key = cur.string()
-                metadata[key] = _read_value(cur, cur.take("<I"))
-            tensors = []
-            data_end = 0
+                vtype = cur.take("<I")
+                item = struct.unpack_from("<I", buf, cur.pos)[0] if vtype == _ARRAY else None
+                metadata[key] = _read_value(cur, vtype, arrays)
+                value_types[key] = (GGUFValueType(vtype), None if item is None else GGUFValueType(item))
+            table = []
             for _ in range(n_tensors):
                 name = cur.string()
-                dims = [cur.take("<Q") for _ in range(cur.take("<I"))]
-                ttype = cur.take("<I")
-                offset = cur.take("<Q")
-                n = math.prod(dims)
-                kind = GGMLQuantizationType(ttype)
+                n_dims = cur.take("<I")
+                if n_dims > MAX_DIMS:
+                    raise EdgedsError(f"{path}: corrupt GGUF header (tensor {name!r} has {n_dims} dimensions)")
+                dims = [cur.take("<Q") for _ in range(n_dims)]
+                kind = GGMLQuantizationType(cur.take("<I"))
                 block, type_size = GGML_QUANT_SIZES[kind]
-                tensors.append((name, kind.name, n, n // block * type_size))
-                data_end = max(data_end, offset + tensors[-1][3])
+                n = math.prod(dims)
+                # offset from the start of the data section until that is known
+                table.append(TensorInfo(name, kind.name, n, n // block * type_size, tuple(reversed(dims)),
+                                        cur.take("<Q")))
             align = int(metadata.get("general.alignment", 32))
             data_start = (cur.pos + align - 1) // align * align
+            data_end = max((t.offset + t.n_bytes for t in table), default=0)
             if data_start + data_end > len(buf):
                 raise EdgedsError(f"{path}: truncated GGUF file ({len(buf)} bytes, its tensors need "
                                   f"{data_start + data_end})")
-            return metadata, tensors
-    except struct.error:  # a skipped string array ran past the end of the file
+    except struct.error:  # an array ran past the end of the file
         raise EdgedsError(f"{path}: truncated GGUF header") from None
     except (OSError, ValueError) as err:
         raise EdgedsError(f"{path}: not a readable GGUF file ({err})") from None
+    tensors = tuple(replace(t, offset=data_start + t.offset) for t in table)
+    return GgufFile(path, metadata, value_types, tensors)
 
 
 def read_gguf(path: str | Path) -> GgufInfo:
@@ -195,17 +289,17 @@ def read_gguf(path: str | Path) -> GgufInfo:
     n_params = tensor_bytes = expert_bytes = 0
     table: list[TensorInfo] = []
     for part in parts:
-        part_meta, tensors = read_part(part)
-        for key, value in part_meta.items():
+        header = read_file(part)
+        for key, value in header.metadata.items():
             metadata.setdefault(key, value)
-        for name, kind, n_elements, n_bytes in tensors:
-            table.append(TensorInfo(name, kind, n_elements, n_bytes))
-            mix[kind] += 1
-            mix_bytes[kind] += n_bytes
-            n_params += n_elements
-            tensor_bytes += n_bytes
-            if expert_layer(name) is not None:
-                expert_bytes += n_bytes
+        for t in header.tensors:
+            table.append(t)
+            mix[t.ggml_type] += 1
+            mix_bytes[t.ggml_type] += t.n_bytes
+            n_params += t.n_elements
+            tensor_bytes += t.n_bytes
+            if expert_layer(t.name) is not None:
+                expert_bytes += t.n_bytes
     return GgufInfo(
         path=path,
         parts=parts,

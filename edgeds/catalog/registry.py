@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10
     import tomli as tomllib
 
-from edgeds.errors import EdgedsError
+from edgeds.errors import EdgedsError, ModelNotFound
 from edgeds.paths import config_dir
 
 PACKAGED_REGISTRY = Path(__file__).with_name("models.toml")
@@ -189,6 +189,18 @@ class Registry:
 
     def get(self, model_id: str) -> RegistryEntry | None:
         return self.entries.get(model_id.lower())
+
+    def find(self, spec: str) -> tuple[RegistryEntry, QuantSource]:
+        """The entry and quant a spec `id[:QUANT]` names (the default quant without one).
+
+        Raises:
+            ModelNotFound: no such registry id. EdgedsError: no such quant of it.
+        """
+        model_id, quant = split_spec(spec)
+        entry = self.get(model_id)
+        if entry is None:
+            raise ModelNotFound(f"{spec}: not a registry model (`edgeds list` shows them)")
+        return entry, entry.quant(quant)
 
     def __iter__(self):
         return iter(self.entries.values())

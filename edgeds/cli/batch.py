@@ -48,7 +48,7 @@ def batch(
     else:
         if not model:
             raise UsageError("give --model (a GGUF file or registry id), or --endpoint URL")
-        from edgeds.runtime.scheduler import open_scheduler
+        from edgeds.loader import open_scheduler
 
         backend = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx, moe_offload=moe_offload)
         print(f"edgeds: {backend.engine.placement}", file=sys.stderr)

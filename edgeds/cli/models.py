@@ -5,10 +5,7 @@ from __future__ import annotations
 import typer
 
 from edgeds.cli._app import app
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+from edgeds.cli.table import echo_table, gb
 
 
 @app.command("pull")
@@ -18,22 +15,16 @@ def models_pull(
 ) -> None:
     """Download a model (every part of a split GGUF) into the Hugging Face cache, with checks."""
     from edgeds.catalog import hub
-    from edgeds.errors import ModelNotFound
-    from edgeds.catalog.registry import load_registry, split_spec
+    from edgeds.catalog.registry import load_registry
 
-    registry = load_registry()
-    model_id, quant = split_spec(model)
-    entry = registry.get(model_id)
-    if entry is None:
-        raise ModelNotFound(f"{model}: not a registry model (`edgeds list` shows them)")
-    source = entry.quant(quant)
+    entry, source = load_registry().find(model)
     try:
         paths = hub.pull(source, progress=not quiet)
     except KeyboardInterrupt:
         typer.echo(f"edgeds: pull interrupted; `edgeds pull {entry.id}:{source.quant}` resumes it", err=True)
         raise typer.Exit(130) from None
     total = sum(p.stat().st_size for p in paths)
-    typer.echo(f"{entry.id}:{source.quant}: {len(paths)} file(s), {_gb(total)}, verified: {paths[0]}")
+    typer.echo(f"{entry.id}:{source.quant}: {len(paths)} file(s), {gb(total)}, verified: {paths[0]}")
 
 
 @app.command("list")
@@ -51,14 +42,11 @@ def models_list(
             parts = hub.cached_parts(source)
             if local and parts is None:
                 continue
-            where = f"local {_gb(sum(p.stat().st_size for p in parts))}" if parts else "-"
+            where = f"local {gb(sum(p.stat().st_size for p in parts))}" if parts else "-"
             default = "*" if f"{entry.id}:{source.quant}" == registry.default_chat else ""
-            rows.append((f"{entry.id}:{source.quant}{default}", _gb(source.size),
+            rows.append((f"{entry.id}:{source.quant}{default}", gb(source.size),
                          str(len(source.files)), where, source.repo))
-    header = ("MODEL", "SIZE", "FILES", "LOCAL", "REPO")
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    for row in [header] + rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    echo_table(("MODEL", "SIZE", "FILES", "LOCAL", "REPO"), rows)
     if not local:
         typer.echo("* default chat model")
 
@@ -84,7 +72,7 @@ def models_show(
                    f"forces <think>: {'yes' if g.forces_think else 'no'}, max tokens {g.max_tokens}")
     typer.echo(f"architecture    {info.arch}")
     typer.echo(f"parameters      {info.n_params / 1e9:.3f} B")
-    typer.echo(f"size            {_gb(info.file_bytes)} (tensors {_gb(info.tensor_bytes)})")
+    typer.echo(f"size            {gb(info.file_bytes)} (tensors {gb(info.tensor_bytes)})")
     typer.echo(f"context length  {info.context_length}")
     for key in ("block_count", "embedding_length", "attention.head_count", "attention.head_count_kv",
                 "expert_count", "expert_used_count", "attention.kv_lora_rank"):
@@ -93,7 +81,7 @@ def models_show(
             typer.echo(f"{key:<15} {value}")
     typer.echo("quant mix")
     for kind, (count, size) in info.quant_mix.items():
-        typer.echo(f"  {kind:<10}{count:>5} tensors  {_gb(size):>10}  {100 * size / max(info.tensor_bytes, 1):5.1f}%")
+        typer.echo(f"  {kind:<10}{count:>5} tensors  {gb(size):>10}  {100 * size / max(info.tensor_bytes, 1):5.1f}%")
     tmpl = info.chat_template
     if tmpl is None:
         typer.echo("chat template   (none)")
@@ -112,16 +100,12 @@ def models_rm(
 ) -> None:
     """Delete downloaded models from the Hugging Face cache."""
     from edgeds.catalog import hub
+    from edgeds.catalog.registry import load_registry
     from edgeds.errors import ModelNotFound
-    from edgeds.catalog.registry import load_registry, split_spec
 
     registry = load_registry()
     for spec in models:
-        model_id, quant = split_spec(spec)
-        entry = registry.get(model_id)
-        if entry is None:
-            raise ModelNotFound(f"{spec}: not a registry model (`edgeds list` shows them)")
-        source = entry.quant(quant)
+        entry, source = registry.find(spec)
         removed = hub.remove(source)
         if not removed:
             raise ModelNotFound(f"{entry.id}:{source.quant} is not downloaded")

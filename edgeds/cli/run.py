@@ -11,12 +11,12 @@ import typer
 
 from edgeds.cli._app import app
 from edgeds.cli.options import MoeOffload, read_grammar
-from edgeds.errors import UsageError
+from edgeds.errors import EdgedsError, UsageError
 
 
 @app.command("run")
 def run(
-    model: str = typer.Argument(..., help="A GGUF file or a registry id (see `edgeds list`)."),
+    model: str = typer.Argument(..., help="A GGUF file or a registry id (see `edgeds list`); with --endpoint, the server's model name."),
     prompt: Optional[str] = typer.Argument(None, help="The prompt; read from stdin when left out."),
     hide_reasoning: bool = typer.Option(False, "--hide-reasoning", help="Do not show the model's reasoning."),
     json_lines: bool = typer.Option(False, "--json", help="Print events as JSON lines on stdout."),
@@ -29,10 +29,13 @@ def run(
     system: Optional[str] = typer.Option(None, "--system", help="System prompt (R1 models get it folded into the first user turn)."),
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file that constrains the output."),
     moe_offload: str = MoeOffload,
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Send the prompt to an OpenAI-compatible server "
+                                           "(llama-server, vLLM, edgeds serve) instead; MODEL is then its model name."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEDS_API_KEY", help="API key for --endpoint."),
 ) -> None:
     """Generate one reply: reasoning (dim, stderr) then the answer (stdout)."""
-    from edgeds.loader import open_engine
-    from edgeds.runtime import GenerationParams
+    from edgeds.runtime.params import GenerationParams
+    from edgeds.runtime.request import with_system
     from edgeds.serving.terminal import Output, show
 
     if prompt is None:
@@ -43,10 +46,17 @@ def run(
         raise UsageError("the prompt is empty")
     grammar_text = read_grammar(grammar)
 
-    engine = open_engine(model, n_ctx=n_ctx, moe_offload=moe_offload)
-    if verbose or (sys.stderr.isatty() and not json_lines):
-        print(f"edgeds: {engine.placement}", file=sys.stderr)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    if endpoint:
+        from edgeds.serving.remote import RemoteBackend
+
+        engine = RemoteBackend(endpoint, model=model, api_key=api_key, parallel=1)
+    else:
+        from edgeds.loader import open_engine
+
+        engine = open_engine(model, n_ctx=n_ctx, moe_offload=moe_offload)
+        if verbose or (sys.stderr.isatty() and not json_lines):
+            print(f"edgeds: {engine.placement}", file=sys.stderr)
+    messages = with_system([{"role": "user", "content": prompt}], system)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, grammar=grammar_text)
 
     def interrupt(signum, frame):  # first Ctrl-C ends the generation cleanly; a second one aborts
@@ -58,6 +68,7 @@ def run(
         stats = show(engine.generate(messages, params), Output(json_lines, hide_reasoning, verbose))
     finally:
         signal.signal(signal.SIGINT, previous)
-    code = {"cancelled": 130, "error": 1}.get(stats.finish_reason, 0)
-    if code:
-        raise typer.Exit(code)
+    if stats.finish_reason == "error":
+        raise EdgedsError(f"the generation failed: {stats.error}")
+    if stats.finish_reason == "cancelled":
+        raise typer.Exit(130)

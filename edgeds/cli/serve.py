@@ -24,7 +24,7 @@ def serve(
     """Serve /v1/chat/completions (streaming too), /v1/models and /health."""
     import sys
 
-    from edgeds.runtime.scheduler import open_scheduler
+    from edgeds.loader import open_scheduler
     from edgeds.serving.server import Server
 
     if not model:

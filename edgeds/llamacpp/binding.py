@@ -268,6 +268,11 @@ class SamplingParams:
     seed: int | None = None
     grammar: str | None = None
 
+    @classmethod
+    def of(cls, params) -> "SamplingParams":
+        """The sampler's part of a filled-in `GenerationParams`."""
+        return cls(temperature=params.temperature, top_p=params.top_p, seed=params.seed, grammar=params.grammar)
+
 
 class Sampler:
     """llama.cpp's C sampler chain: [grammar] → top-k → top-p → min-p → temperature → draw."""

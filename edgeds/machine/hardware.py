@@ -155,15 +155,11 @@ def detect(*, with_llama: bool = True) -> Hardware:
     total, avail = memory()
     offload, devices = False, ()
     if with_llama:
-        import llama_cpp
+        from edgeds.llamacpp import devices as ggml_devices
+        from edgeds.llamacpp.backend import gpu_offload_supported
 
-        from edgeds.llamacpp.binding import _init_backend
-
-        _init_backend()
-        from edgeds.llamacpp import devices as llama_ext
-
-        offload = bool(llama_cpp.llama_supports_gpu_offload())
-        devices = tuple(llama_ext.devices())
+        offload = gpu_offload_supported()
+        devices = tuple(ggml_devices.devices())
     return Hardware(
         cpu=cpu_name(),
         physical_cores=physical_cores(),

@@ -13,32 +13,26 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
 
-from edgeds.errors import EdgedsError, UsageError
-from edgeds.runtime.engine import DEFAULT_MAX_CTX
+from edgeds.catalog.gguf import expert_layer
+from edgeds.errors import UsageError
 from edgeds.llamacpp.binding import LoadOptions, TensorOverride
+from edgeds.machine.memory import GiB, Estimate, Geometry, default_n_ctx, estimate, gpu_reserve
 
-GIB = 1024**3
-MIB = 1024**2
-HEADROOM = 512 * MIB  # driver/context overhead llama.cpp does not report in its buffers
 _LAYER = re.compile(r"^blk\.(\d+)\.")
-_EXPERT = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)_exps\.")
 
 
 @dataclass(frozen=True)
 class TensorTable:
-    """What placement needs to know about a model, in bytes."""
+    """What placement needs to know about a model: bytes per layer and its geometry."""
 
     n_layer: int
     layer_hot: tuple[int, ...]      # per layer: attention, norms, router, shared/dense FFN
     layer_experts: tuple[int, ...]  # per layer: routed experts (0 for dense layers)
     other: int                      # token_embd, output_norm, output (the non-layer tensors)
     output: int                     # the part of `other` that is offloaded with the last layer
-    kv_per_token_layer: int         # f16 KV cache bytes per token and layer
-    n_vocab: int = 32000
-    n_ctx_train: int = 0
+    geometry: Geometry
 
     @property
     def is_moe(self) -> bool:
@@ -48,33 +42,37 @@ class TensorTable:
     def total(self) -> int:
         return sum(self.layer_hot) + sum(self.layer_experts) + self.other
 
-    @classmethod
-    def from_tensors(cls, tensors, metadata: dict) -> "TensorTable":
-        """From (name, bytes) pairs and the GGUF metadata."""
-        from edgeds.runtime.engine import kv_bytes_per_token
+    @property
+    def kv_per_token_layer(self) -> int:
+        """f16 KV cache bytes per token and layer."""
+        return self.geometry.kv_bytes_per_token() // max(self.n_layer, 1)
 
-        arch = str(metadata.get("general.architecture", ""))
-        n_layer = int(metadata.get(f"{arch}.block_count", 0))
+    def estimate(self, n_ctx: int) -> Estimate:
+        """The memory model's estimate for this table at `n_ctx` (what `edgeds fit` counts)."""
+        return estimate(self.geometry, self.total, n_ctx, expert_weights=sum(self.layer_experts))
+
+    @classmethod
+    def from_gguf(cls, info) -> "TensorTable":
+        """From a `catalog.gguf.GgufInfo`."""
+        geom = Geometry.from_metadata(info.metadata)
+        n_layer = geom.n_layers
         hot, exps = [0] * n_layer, [0] * n_layer
         other = output = 0
-        for name, nbytes in tensors:
-            m = _EXPERT.match(name)
-            if m and int(m.group(1)) < n_layer:
-                exps[int(m.group(1))] += nbytes
+        for t in info.tensors:
+            layer = expert_layer(t.name)
+            if layer is not None and layer < n_layer:
+                exps[layer] += t.n_bytes
                 continue
-            m = _LAYER.match(name)
+            m = _LAYER.match(t.name)
             if m and int(m.group(1)) < n_layer:
-                hot[int(m.group(1))] += nbytes
+                hot[int(m.group(1))] += t.n_bytes
                 continue
             if m:  # layers past block_count (DeepSeek-V3's MTP module) are not loaded for inference
                 continue
-            other += nbytes
-            if not name.startswith("token_embd"):  # the embedding lookup stays on the CPU
-                output += nbytes
-        kv = kv_bytes_per_token({k: str(v) for k, v in metadata.items() if not isinstance(v, (list, tuple))})
-        n_vocab = int(metadata.get(f"{arch}.vocab_size", 0) or 0) or 32000
-        return cls(n_layer, tuple(hot), tuple(exps), other, output, kv // max(n_layer, 1), n_vocab,
-                   int(metadata.get(f"{arch}.context_length", 0) or 0))
+            other += t.n_bytes
+            if not t.name.startswith("token_embd"):  # the embedding lookup stays on the CPU
+                output += t.n_bytes
+        return cls(n_layer, tuple(hot), tuple(exps), other, output, geom)
 
 
 @dataclass(frozen=True)
@@ -86,6 +84,7 @@ class Placement:
     explanation: str
     gpu_bytes: int = 0
     cpu_experts_layers: tuple[int, ...] = ()
+    memory: Estimate | None = None  # the memory model's estimate the plan was made with
 
 
 def expert_overrides(layers) -> tuple[TensorOverride, ...]:
@@ -112,11 +111,6 @@ def _ranges(layers) -> str:
     return ",".join(runs)
 
 
-def compute_reserve(table: TensorTable, n_ctx: int, n_batch: int = 512) -> int:
-    """GPU compute buffers: the logits of one batch plus attention scratch, and headroom."""
-    return HEADROOM + n_batch * table.n_vocab * 4 + n_batch * min(n_ctx, 4096) * 4 * 16
-
-
 def parse_moe_offload(value: str) -> str | int:
     v = str(value).strip().lower()
     if v in ("auto", "all", "none"):
@@ -130,13 +124,21 @@ def plan(table: TensorTable, *, gpu_free: int, moe_offload: str = "auto", n_ctx:
          gpu_total: int | None = None, gpu_name: str = "GPU") -> Placement:
     """The placement for a tensor table and `gpu_free` bytes of VRAM (0: CPU only)."""
     mode = parse_moe_offload(moe_offload)
-    # the engine's default context is at most this (it also caps it by free RAM)
-    n_ctx = n_ctx or min(table.n_ctx_train or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
+    if n_ctx is None:
+        from edgeds.machine.hardware import memory
+
+        n_ctx = default_n_ctx(table.geometry, table.total, memory()[1])
+    placement = _plan(table, gpu_free, mode, n_ctx, gpu_total, gpu_name)
+    return replace(placement, memory=table.estimate(n_ctx))
+
+
+def _plan(table: TensorTable, gpu_free: int, mode: str | int, n_ctx: int, gpu_total: int | None,
+          gpu_name: str) -> Placement:
     n_layer = table.n_layer
     moe_layers = [i for i in range(n_layer) if table.layer_experts[i]]
     gpu_total = gpu_total if gpu_total is not None else gpu_free
     kv_layer = table.kv_per_token_layer * n_ctx
-    total_label = f"{gpu_total / GIB:.1f}"
+    total_label = f"{gpu_total / GiB:.1f}"
 
     if gpu_free <= 0:
         cpu_layers = moe_layers if mode != "none" and table.is_moe else []
@@ -146,7 +148,7 @@ def plan(table: TensorTable, *, gpu_free: int, moe_offload: str = "auto", n_ctx:
         return Placement(LoadOptions(n_gpu_layers=0, overrides=expert_overrides(cpu_layers)), n_ctx,
                          f"CPU only: all {n_layer} layers on CPU{what}", 0, tuple(cpu_layers))
 
-    budget = gpu_free - compute_reserve(table, n_ctx)
+    budget = gpu_free - gpu_reserve(table.geometry, n_ctx)
     hot_all = sum(table.layer_hot) + table.output + kv_layer * n_layer
 
     def layer_offload(with_experts: bool) -> tuple[int, int]:
@@ -167,7 +169,7 @@ def plan(table: TensorTable, *, gpu_free: int, moe_offload: str = "auto", n_ctx:
         shown = min(ngl, n_layer)
         what = "all layers" if ngl > n_layer else f"{shown}/{n_layer} layers"
         return Placement(LoadOptions(n_gpu_layers=ngl), n_ctx,
-                         f"{gpu_name} {used / GIB:.1f}/{total_label} GiB: {what} on GPU (layer offload)", used)
+                         f"{gpu_name} {used / GiB:.1f}/{total_label} GiB: {what} on GPU (layer offload)", used)
 
     if isinstance(mode, int) or mode == "all":
         cpu_layers = moe_layers if mode == "all" else moe_layers[:mode]
@@ -182,7 +184,7 @@ def plan(table: TensorTable, *, gpu_free: int, moe_offload: str = "auto", n_ctx:
     ngl, used = layer_offload(with_experts=True)
     if ngl > n_layer:
         return Placement(LoadOptions(n_gpu_layers=ngl), n_ctx,
-                             f"{gpu_name} {used / GIB:.1f}/{total_label} GiB: everything on GPU", used)
+                             f"{gpu_name} {used / GiB:.1f}/{total_label} GiB: everything on GPU", used)
     if hot_all <= budget:
         room = budget - hot_all
         keep_on_gpu = []
@@ -214,24 +216,7 @@ def _moe_plan(table, ngl, cpu_layers, used, n_ctx, gpu_name, total_label) -> Pla
     on_gpu = "attention+shared on GPU" if ngl > n_layer else f"{min(ngl, n_layer)}/{n_layer} layers on GPU"
     experts = f"experts of layers {_ranges(cpu_layers)} on CPU" if cpu_layers else "all experts on GPU"
     return Placement(LoadOptions(n_gpu_layers=ngl, overrides=expert_overrides(cpu_layers)), n_ctx,
-                     f"{gpu_name} {used / GIB:.1f}/{total_label} GiB: {on_gpu}, {experts}", used, tuple(cpu_layers))
-
-
-def read_table(model_path: str | os.PathLike[str]) -> TensorTable:
-    """The tensor table of a GGUF (all parts of a split file), from its header only."""
-    from edgeds.catalog.gguf import _read_part, split_parts
-
-    path = Path(model_path)
-    if not path.is_file():
-        raise EdgedsError(f"{path}: no such file")
-    metadata: dict = {}
-    tensors = []
-    for part in split_parts(path):
-        meta, ts = _read_part(part)
-        for k, v in meta.items():
-            metadata.setdefault(k, v)
-        tensors += [(name, nbytes) for name, _, _, nbytes in ts]
-    return TensorTable.from_tensors(tensors, metadata)
+                     f"{gpu_name} {used / GiB:.1f}/{total_label} GiB: {on_gpu}, {experts}", used, tuple(cpu_layers))
 
 
 def plan_placement(model_path: str | os.PathLike[str], moe_offload: str = "auto", n_ctx: int | None = None, *,
@@ -239,10 +224,11 @@ def plan_placement(model_path: str | os.PathLike[str], moe_offload: str = "auto"
     """Plan the placement of a GGUF on this machine's first GPU (from llama.cpp's device list).
 
     Use it as `Engine(path, load_options=p.load_options, n_ctx=p.n_ctx)`."""
-    from edgeds.llamacpp import devices as llama_ext
+    from edgeds.catalog.gguf import read_gguf
+    from edgeds.llamacpp import devices
 
-    table = read_table(model_path)
-    gpus = [d for d in llama_ext.devices() if d.kind in ("gpu", "igpu")]
+    table = TensorTable.from_gguf(read_gguf(model_path))
+    gpus = [d for d in devices.devices() if d.kind in ("gpu", "igpu")]
     name, total = ("GPU", 0)
     if gpu_free is None:
         gpu_free = gpus[0].free_bytes if gpus else 0

@@ -52,7 +52,7 @@ class RawLoop:
         import llama_cpp
 
         from edgeds.errors import ModelLoadError
-        from edgeds.llamacpp.binding import captured_llama_log
+        from edgeds.llamacpp.backend import captured_llama_log
 
         self.n_prompt, self.n_gen = n_prompt, n_gen
         with captured_llama_log():  # routes llama.cpp's log away from the terminal
@@ -168,7 +168,7 @@ def run_bench(path: Path, *, n_prompt: int = 512, n_gen: int = 128, reps: int = 
     """Both runners loaded side by side, one warm-up each, then their repetitions alternate so
     drift in machine load (these machines are shared) hits both alike."""
     from edgeds.machine.hardware import physical_cores
-    from edgeds.llamacpp.binding import gpu_offload_supported
+    from edgeds.llamacpp.backend import gpu_offload_supported
 
     threads = threads or physical_cores()
     gpu = gpu_offload_supported()

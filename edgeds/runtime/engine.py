@@ -7,69 +7,19 @@ The KV cache keeps the previous conversation, so a follow-up turn decodes only w
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
 from edgeds.errors import ContextOverflow, EdgedsError
-from edgeds.events import Answer, Done, Event, Reasoning, Stats
-from edgeds.machine.hardware import physical_cores
-from edgeds.runtime.reasoning import ReasoningSplitter
-from edgeds.runtime import chat
-from edgeds.llamacpp.binding import (
-    Context,
-    LoadOptions,
-    Model,
-    Sampler,
-    SamplingParams,
-    TextStream,
-    gpu_offload_supported,
-)
+from edgeds.events import Done, Event, GenerationTimer
+from edgeds.llamacpp.backend import gpu_offload_supported
+from edgeds.llamacpp.binding import Context, LoadOptions, Model, Sampler, SamplingParams, TextStream
+from edgeds.machine.hardware import memory, physical_cores
+from edgeds.machine.memory import Geometry, default_n_ctx
+from edgeds.runtime import template
 from edgeds.runtime.params import GenerationParams, ModelDefaults
-
-MIN_CTX = 2048
-# Reasoning traces run to thousands of tokens, but a full 128k-token KV cache and its compute
-# buffers take gigabytes: default to at most this much; --n-ctx goes higher.
-DEFAULT_MAX_CTX = 32768
-
-
-def kv_bytes_per_token(metadata: dict[str, str]) -> int:
-    """Bytes of f16 KV cache one token takes (MLA models cache the latent, not the heads)."""
-    arch = metadata.get("general.architecture", "")
-    get = lambda key, default=0: int(float(metadata.get(f"{arch}.{key}", default)))  # noqa: E731
-    n_layer = get("block_count", 1)
-    if f"{arch}.attention.kv_lora_rank" in metadata:
-        return (get("attention.kv_lora_rank") + get("rope.dimension_count")) * n_layer * 2
-    n_head = get("attention.head_count", 1)
-    n_kv = get("attention.head_count_kv", n_head)
-    head_k = get("attention.key_length", get("embedding_length") // max(n_head, 1))
-    head_v = get("attention.value_length", head_k)
-    return n_kv * (head_k + head_v) * n_layer * 2
-
-
-def default_n_ctx(model: Model, *, ram_available: int | None = None) -> int:
-    """The trained context length, capped at DEFAULT_MAX_CTX and so the KV cache takes at most
-    half the free RAM."""
-    if ram_available is None:
-        ram_available = _available_ram()
-    per_token = max(kv_bytes_per_token(model.metadata), 1)
-    fits = max(0, ram_available // 2 - model.size_bytes) // per_token
-    n_ctx = min(model.n_ctx_train or MIN_CTX, DEFAULT_MAX_CTX, max(fits // 256 * 256, MIN_CTX))
-    return max(n_ctx, 256)
-
-
-def _available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
+from edgeds.runtime.reasoning import ReasoningSplitter
 
 class PhaseStream:
     """Generated token ids → Reasoning/Answer events, counting the tokens of each phase.
@@ -137,13 +87,14 @@ class Engine:
             load_options = LoadOptions(n_gpu_layers=n_gpu_layers)
         self.model = Model(path, load_options)
         self.n_threads = n_threads or physical_cores()
-        self.n_ctx = n_ctx or default_n_ctx(self.model)
+        self.n_ctx = n_ctx or default_n_ctx(Geometry.from_metadata(self.model.metadata, n_vocab=self.model.n_vocab),
+                                            self.model.size_bytes, memory()[1])
         self.ctx = Context(self.model, n_ctx=self.n_ctx, n_threads=self.n_threads)
         self.defaults = defaults or ModelDefaults()
         self.chat_template = chat_template or self.model.chat_template
         allow_system = self.defaults.allow_system
         if allow_system is None:
-            allow_system = not chat.is_reasoning_template(self.chat_template)
+            allow_system = not template.is_reasoning_template(self.chat_template)
         self.allow_system = allow_system
         self.placement = placement
         self._cached: list[int] = []  # tokens whose KV is in sequence 0
@@ -161,10 +112,10 @@ class Engine:
 
     def prompt_tokens(self, messages: list[dict]) -> tuple[list[int], bool]:
         """The token ids of the rendered conversation, and whether it opened a think block."""
-        history = chat.answer_only(messages, allow_system=self.allow_system)
+        history = template.answer_only(messages, allow_system=self.allow_system)
         bos = self.model.token_text(self.model.bos_id) if self.model.bos_id >= 0 else ""
         eos = self.model.token_text(self.model.eos_id) if self.model.eos_id >= 0 else ""
-        prompt = chat.render(self.chat_template, history, bos_token=bos, eos_token=eos)
+        prompt = template.render(self.chat_template, history, bos_token=bos, eos_token=eos)
         tokens = self.model.tokenize(prompt.text, add_special=False, parse_special=True)
         if self.model.add_bos and self.model.bos_id >= 0 and tokens[:1] != [self.model.bos_id]:
             tokens.insert(0, self.model.bos_id)  # templates that do not write BOS themselves
@@ -173,9 +124,12 @@ class Engine:
     def generate(self, messages: list[dict], params: GenerationParams | None = None) -> Iterator[Event]:
         """Yield Reasoning/Answer deltas, then one Done(stats).
 
+        A request refused before generating raises; a generation that fails after it started
+        ends with Done(finish_reason="error"). Every backend does the same.
+
         Raises:
             ContextOverflow: the prompt alone does not fit in the context.
-            EdgedsError: a bad message list or chat template.
+            EdgedsError: a bad message list, chat template or grammar.
         """
         if not self._busy.acquire(blocking=False):
             raise EdgedsError("this engine is already generating")
@@ -186,30 +140,23 @@ class Engine:
 
     def _generate(self, messages: list[dict], params: GenerationParams) -> Iterator[Event]:
         self._cancel.clear()
-        t0 = time.perf_counter()
+        timer = GenerationTimer()
         tokens, opens_think = self.prompt_tokens(messages)
         if len(tokens) >= self.n_ctx:
             raise ContextOverflow(
                 f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}; "
                 "shorten the conversation or raise --n-ctx"
             )
-        sampler = Sampler(
-            self.model,
-            SamplingParams(temperature=params.temperature, top_p=params.top_p, seed=params.seed, grammar=params.grammar),
-        )
+        sampler = Sampler(self.model, SamplingParams.of(params))
         phases = PhaseStream(self.model, opens_think)
         finish, error = "stop", None
-        n_prompt = len(tokens)
-        t_first = t_prompt_done = None
-        n_decoded_prompt = 0
         generated = 0
+        reuse = self.reused_prompt_tokens = self._reuse_prefix(tokens)
         try:
-            reuse = self.reused_prompt_tokens = self._reuse_prefix(tokens)
-            n_decoded_prompt = len(tokens) - reuse
             if not self.ctx.decode_prompt(tokens[reuse:], reuse, should_stop=self._cancel.is_set):
                 finish = "cancelled"
             self._cached = list(tokens)
-            t_prompt_done = time.perf_counter()
+            timer.prompt_done()
             pos = len(tokens)
             while finish == "stop":
                 if self._cancel.is_set():
@@ -219,8 +166,7 @@ class Engine:
                     finish = "length"
                     break
                 token = sampler.sample(self.ctx)
-                if t_first is None:
-                    t_first = time.perf_counter()
+                timer.token()
                 if self.model.is_eog(token):
                     break
                 generated += 1
@@ -233,30 +179,16 @@ class Engine:
                 pos += 1
         except ContextOverflow as err:
             finish, error = "length", str(err)
-        except Exception as err:  # noqa: BLE001 - reported in Done, then re-raised below
+        except Exception as err:  # noqa: BLE001 - a failure after the start ends the stream with Done(error)
             finish, error = "error", f"{type(err).__name__}: {err}"
-            raise
+            self._cached = []
+            self.ctx.clear()
         finally:
             sampler.close()
-            if finish == "error":
-                self._cached = []
-                self.ctx.clear()
         yield from phases.finish()
-        t_end = time.perf_counter()
-        prompt_s = (t_prompt_done or t_end) - t0
-        decode_s = t_end - (t_first or t_end)
-        yield Done(
-            Stats(
-                prompt_tokens=n_prompt,
-                reasoning_tokens=phases.reasoning_tokens,
-                answer_tokens=phases.answer_tokens,
-                ttft_s=round((t_first or t_end) - t0, 4),
-                prompt_tok_s=round(n_decoded_prompt / prompt_s, 2) if prompt_s > 0 and n_decoded_prompt else 0.0,
-                decode_tok_s=round((generated - 1) / decode_s, 2) if generated > 1 and decode_s > 0 else 0.0,
-                finish_reason=finish,
-                error=error if finish == "error" else None,
-            )
-        )
+        yield Done(timer.stats(prompt_tokens=len(tokens), decoded_prompt_tokens=len(tokens) - reuse,
+                               generated=generated, reasoning_tokens=phases.reasoning_tokens,
+                               answer_tokens=phases.answer_tokens, finish_reason=finish, error=error))
 
     def _reuse_prefix(self, tokens: list[int]) -> int:
         """Keep the cached KV shared with `tokens` (at least one token is always re-decoded)."""

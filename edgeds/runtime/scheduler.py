@@ -16,37 +16,27 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from edgeds.errors import ContextOverflow, EdgedsError
-from edgeds.events import Answer, Done, Event, Reasoning, Stats
-from edgeds.runtime.engine import Engine, PhaseStream
+from edgeds.events import Completion, Done, Event, GenerationTimer, Reasoning, Stats
 from edgeds.llamacpp.binding import Context, Sampler, SamplingParams
+from edgeds.runtime.engine import Engine, PhaseStream
 from edgeds.runtime.params import GenerationParams
 
 DEFAULT_SEQ_CTX = 4096
 
 
-@dataclass(frozen=True)
-class Completion:
-    """A whole generation: the joined reasoning and answer, and its stats."""
-
-    reasoning: str
-    answer: str
-    stats: Stats
-
-
 class Request:
     """One submitted conversation. Iterate `events()` (from any thread) or wait for `result()`."""
 
-    def __init__(self, tokens: list[int], opens_think: bool, params: GenerationParams,
+    def __init__(self, tokens: list[int], opens_think: bool, params: GenerationParams, sampler: Sampler,
                  on_done: Callable[[Completion], None] | None):
         self.tokens = tokens
         self.opens_think = opens_think
         self.params = params
+        self.sampler = sampler
         self.on_done = on_done
         self.completion: Completion | None = None
         self._events: queue.Queue[Event] = queue.Queue()
@@ -79,10 +69,10 @@ class Request:
 class _Slot:
     """A running sequence: its position, sampler, text and timing."""
 
-    def __init__(self, seq: int, request: Request, sampler: Sampler, phases: PhaseStream):
+    def __init__(self, seq: int, request: Request, phases: PhaseStream):
         self.seq = seq
         self.request = request
-        self.sampler = sampler
+        self.sampler = request.sampler
         self.phases = phases
         self.fed = 0  # prompt tokens decoded so far
         self.pos = 0  # next KV position
@@ -90,9 +80,7 @@ class _Slot:
         self.generated = 0
         self.reasoning: list[str] = []
         self.answer: list[str] = []
-        self.t_start = time.perf_counter()
-        self.t_prompt: float | None = None
-        self.t_first: float | None = None
+        self.timer = GenerationTimer()
 
 
 class Scheduler:
@@ -147,7 +135,7 @@ class Scheduler:
 
         Raises:
             ContextOverflow: the prompt does not fit in one sequence's context.
-            EdgedsError: a bad message list or chat template.
+            EdgedsError: a bad message list, chat template or grammar.
         """
         tokens, opens_think = self.engine.prompt_tokens(messages)
         if not tokens:
@@ -156,9 +144,11 @@ class Scheduler:
             raise ContextOverflow(
                 f"the prompt is {len(tokens)} tokens but a sequence's context holds {self.seq_ctx}"
             )
-        request = Request(tokens, opens_think, self.engine.defaults.apply(params), on_done)
+        params = self.engine.defaults.apply(params)
+        request = Request(tokens, opens_think, params, Sampler(self.model, SamplingParams.of(params)), on_done)
         with self._wake:
             if self._closing:
+                request.sampler.close()
                 raise RuntimeError("the scheduler is closed")
             self._waiting.append(request)
             self._wake.notify()
@@ -200,16 +190,9 @@ class Scheduler:
             if request.cancelled:
                 self._reject(request, "cancelled")
                 continue
-            params = request.params
-            try:
-                sampler = Sampler(self.model, SamplingParams(
-                    temperature=params.temperature, top_p=params.top_p, seed=params.seed, grammar=params.grammar))
-            except Exception as err:  # noqa: BLE001 - a bad grammar fails this request only
-                self._reject(request, "error", str(err))
-                continue
             seq = free.pop(0)
             self.ctx.forget(seq)
-            self._slots[seq] = _Slot(seq, request, sampler, PhaseStream(self.model, request.opens_think))
+            self._slots[seq] = _Slot(seq, request, PhaseStream(self.model, request.opens_think))
 
     def _step(self) -> None:
         items: list[tuple[int, int, int, bool]] = []
@@ -241,15 +224,14 @@ class Scheduler:
         for row, slot in zip(logit_rows, rows):
             if slot.last is None:  # its prompt just finished
                 slot.pos = len(slot.request.tokens)
-                slot.t_prompt = time.perf_counter()
+                slot.timer.prompt_done()
             else:
                 slot.pos += 1
             self._sample(slot, row)
 
     def _sample(self, slot: _Slot, row: int) -> None:
         token = slot.sampler.sample(self.ctx, row)
-        if slot.t_first is None:
-            slot.t_first = time.perf_counter()
+        slot.timer.token()
         if self.model.is_eog(token):
             self._finish(slot, "stop")
             return
@@ -270,25 +252,15 @@ class Scheduler:
         self.ctx.forget(slot.seq)
         slot.sampler.close()
         self._emit(slot, slot.phases.finish())
-        t_end = time.perf_counter()
-        n_prompt = len(slot.request.tokens)
-        prompt_s = (slot.t_prompt or t_end) - slot.t_start
-        decode_s = t_end - (slot.t_first or t_end)
-        stats = Stats(
-            prompt_tokens=n_prompt,
-            reasoning_tokens=slot.phases.reasoning_tokens,
-            answer_tokens=slot.phases.answer_tokens,
-            ttft_s=round((slot.t_first or t_end) - slot.t_start, 4),
-            prompt_tok_s=round(n_prompt / prompt_s, 2) if slot.t_prompt and prompt_s > 0 else 0.0,
-            decode_tok_s=round((slot.generated - 1) / decode_s, 2) if slot.generated > 1 and decode_s > 0 else 0.0,
-            finish_reason=finish,  # type: ignore[arg-type]
-            error=error,
-        )
+        stats = slot.timer.stats(prompt_tokens=len(slot.request.tokens), generated=slot.generated,
+                                 reasoning_tokens=slot.phases.reasoning_tokens,
+                                 answer_tokens=slot.phases.answer_tokens,
+                                 finish_reason=finish, error=error)  # type: ignore[arg-type]
         self._done(slot.request, Completion("".join(slot.reasoning), "".join(slot.answer), stats))
 
-    def _reject(self, request: Request, finish: str, error: str | None = None) -> None:
-        stats = Stats(prompt_tokens=len(request.tokens), finish_reason=finish, error=error)  # type: ignore[arg-type]
-        self._done(request, Completion("", "", stats))
+    def _reject(self, request: Request, finish: str) -> None:
+        request.sampler.close()
+        self._done(request, Completion("", "", Stats(prompt_tokens=len(request.tokens), finish_reason=finish)))  # type: ignore[arg-type]
 
     def _done(self, request: Request, completion: Completion) -> None:
         request.completion = completion
@@ -317,19 +289,3 @@ class Scheduler:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-
-def open_scheduler(spec, *, parallel: int = 4, seq_ctx: int | None = None,
-                   n_threads: int | None = None, moe_offload: str = "auto") -> Scheduler:
-    """Load the model `spec` names (a GGUF path or a registry id) and put a scheduler on it."""
-    from edgeds.loader import open_engine
-
-    # The engine's own single-sequence context goes unused here: keep it at the minimum.
-    engine = open_engine(spec, n_ctx=256, n_threads=n_threads, moe_offload=moe_offload,
-                         kv_tokens=parallel * (seq_ctx or DEFAULT_SEQ_CTX))
-    try:
-        return Scheduler(engine, parallel=parallel, seq_ctx=seq_ctx, n_threads=n_threads)
-    except BaseException:
-        engine.close()
-        raise

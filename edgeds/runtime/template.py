@@ -17,6 +17,7 @@ from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgeds.errors import EdgedsError
+from edgeds.runtime.request import check_messages
 
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 
@@ -41,12 +42,8 @@ def is_reasoning_template(template: str | None) -> bool:
 def answer_only(messages: list[dict], *, allow_system: bool = True) -> list[dict]:
     """The history as the model must see it: roles and answer text, nothing else."""
     out: list[dict] = []
-    for message in messages:
-        role, content = message.get("role"), message.get("content") or ""
-        if role not in ("system", "user", "assistant"):
-            raise EdgedsError(f"message role must be system, user or assistant, not {role!r}")
-        if not isinstance(content, str):
-            raise EdgedsError(f"message content must be a string (role {role})")
+    for message in check_messages(messages):
+        role, content = message["role"], message["content"]
         if role == "assistant":
             content = THINK_BLOCK.sub("", content)
             if "</think>" in content:

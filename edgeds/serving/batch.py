@@ -23,21 +23,17 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 from edgeds.errors import EdgedsError, UsageError
+from edgeds.events import Completion
 from edgeds.runtime.params import GenerationParams
-from edgeds.runtime.scheduler import Completion
+from edgeds.runtime.request import SAMPLING_FIELDS, RequestError, check_messages, sampling_params, type_name, with_system
 
-# key → (accepted JSON types, what the error message calls them)
+# the keys of a row besides the sampling fields: key → (accepted JSON types, what errors call them)
 ROW_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "id": ((str, int), "a string or an integer"),
     "prompt": ((str,), "a string"),
     "messages": ((list,), "a list of messages"),
     "system": ((str,), "a string"),
-    "max_tokens": ((int,), "an integer"),
-    "temperature": ((int, float), "a number"),
-    "top_p": ((int, float), "a number"),
-    "seed": ((int,), "an integer"),
 }
-ROLES = ("system", "user", "assistant")
 PENDING_SUFFIX = ".pending"
 
 
@@ -67,11 +63,6 @@ class Backend(Protocol):
 # Reading and validating input
 
 
-def _type_name(value) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list",
-            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
-
-
 def parse_row(text: str, *, index: int, line: int, defaults: GenerationParams) -> Row:
     """Validate one input line; a bad row comes back with `error` set (never raises)."""
     try:
@@ -79,67 +70,34 @@ def parse_row(text: str, *, index: int, line: int, defaults: GenerationParams) -
     except json.JSONDecodeError as err:
         return Row(index, line, line, error=f"line {line}: not valid JSON ({err.msg} at column {err.colno})")
     if not isinstance(data, dict):
-        return Row(index, line, line, error=f"line {line}: a row must be a JSON object, not {_type_name(data)}")
+        return Row(index, line, line, error=f"line {line}: a row must be a JSON object, not {type_name(data)}")
     row_id = data.get("id", line)
+    safe_id = row_id if isinstance(row_id, (str, int)) and not isinstance(row_id, bool) else line
     for key, value in data.items():
+        if key in SAMPLING_FIELDS:
+            continue
         if key not in ROW_KEYS:
-            return Row(index, line, _safe_id(row_id, line),
-                       error=f"line {line}: unknown key {key!r} (expected one of: {', '.join(ROW_KEYS)})")
+            known = ", ".join([*ROW_KEYS, *SAMPLING_FIELDS])
+            return Row(index, line, safe_id, error=f"line {line}: unknown key {key!r} (expected one of: {known})")
         types, what = ROW_KEYS[key]
         if isinstance(value, bool) or not isinstance(value, types):
-            return Row(index, line, _safe_id(row_id, line),
-                       error=f"line {line}: key {key!r} must be {what}, not {_type_name(value)}")
-    error = _check_ranges(data, line)
-    if error is None:
-        if ("prompt" in data) == ("messages" in data):
-            error = f"line {line}: give exactly one of 'prompt' or 'messages'"
-        elif "messages" in data:
-            error = _check_messages(data["messages"], line)
-    if error:
-        return Row(index, line, row_id, error=error)
-    messages = list(data["messages"]) if "messages" in data else [{"role": "user", "content": data["prompt"]}]
-    if "system" in data:
-        messages.insert(0, {"role": "system", "content": data["system"]})
-    params = GenerationParams(
-        max_tokens=data.get("max_tokens", defaults.max_tokens),
-        temperature=data.get("temperature", defaults.temperature),
-        top_p=data.get("top_p", defaults.top_p),
-        seed=data.get("seed", defaults.seed),
-        grammar=defaults.grammar,
-    )
-    return Row(index, line, row_id, messages=messages, params=params, key="messages" if "messages" in data else "prompt")
-
-
-def _safe_id(row_id, line: int):
-    return row_id if isinstance(row_id, (str, int)) and not isinstance(row_id, bool) else line
-
-
-def _check_ranges(data: dict, line: int) -> str | None:
-    if "max_tokens" in data and data["max_tokens"] < 1:
-        return f"line {line}: key 'max_tokens' must be at least 1"
-    if "temperature" in data and data["temperature"] < 0:
-        return f"line {line}: key 'temperature' must be 0 or more"
-    if "top_p" in data and not 0 < data["top_p"] <= 1:
-        return f"line {line}: key 'top_p' must be in (0, 1]"
+            return Row(index, line, safe_id, error=f"line {line}: key {key!r} must be {what}, not {type_name(value)}")
+    if ("prompt" in data) == ("messages" in data):
+        return Row(index, line, row_id, error=f"line {line}: give exactly one of 'prompt' or 'messages'")
     if "prompt" in data and not data["prompt"].strip():
-        return f"line {line}: key 'prompt' is empty"
-    return None
-
-
-def _check_messages(messages: list, line: int) -> str | None:
-    if not messages:
-        return f"line {line}: key 'messages' is empty"
-    for i, message in enumerate(messages):
-        where = f"line {line}: key 'messages[{i}]'"
-        if not isinstance(message, dict):
-            return f"{where} must be an object, not {_type_name(message)}"
-        if message.get("role") not in ROLES:
-            return f"{where}: 'role' must be one of {', '.join(ROLES)}"
-        if not isinstance(message.get("content"), str):
-            return f"{where}: 'content' must be a string"
-    if messages[-1]["role"] != "user":
-        return f"line {line}: key 'messages': the last message must be from the user"
-    return None
+        return Row(index, line, row_id, error=f"line {line}: key 'prompt' is empty")
+    try:
+        params = sampling_params(data, defaults)
+        if "messages" in data:
+            messages = check_messages(data["messages"])
+            if messages[-1]["role"] != "user":
+                raise RequestError("messages", "the last message must be from the user")
+        else:
+            messages = [{"role": "user", "content": data["prompt"]}]
+    except RequestError as err:
+        return Row(index, line, row_id, error=f"line {line}: {err}")
+    return Row(index, line, row_id, messages=with_system(messages, data.get("system")), params=params,
+               key="messages" if "messages" in data else "prompt")
 
 
 def read_rows(path: Path, defaults: GenerationParams) -> list[Row]:

@@ -1,28 +1,27 @@
 """A client for any OpenAI-compatible chat server (llama-server, vLLM, `edgeds serve`, …).
 
-`edgeds batch --endpoint URL` sends its rows here instead of to the embedded engine. Requests
-stream (SSE), so the time to the first token is measured the same way as locally. Reasoning
-comes from `delta.reasoning_content` (DeepSeek's API, llama-server, vLLM, LM Studio) or
-`delta.reasoning` (Ollama); a server that leaves `<think>…</think>` in the content is split
+`edgeds batch --endpoint URL` and `edgeds run --endpoint URL` send their requests here instead
+of to the embedded engine; `generate` yields the same events as the Engine and fails the same
+way. Requests stream (SSE), so the time to the first token is measured the same way as locally.
+Reasoning comes from `delta.reasoning_content` (DeepSeek's API, llama-server, vLLM, LM Studio)
+or `delta.reasoning` (Ollama); a server that leaves `<think>…</think>` in the content is split
 here with the same ReasoningSplitter the engine uses. Only the standard library is used.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Iterator
 
 from edgeds.errors import EdgedsError
-from edgeds.events import Answer, Reasoning, Stats
-from edgeds.runtime.reasoning import CLOSE, OPEN, ReasoningSplitter
+from edgeds.events import Answer, Completion, Done, Event, GenerationTimer, Reasoning, collect, failed
 from edgeds.runtime.params import GenerationParams
-from edgeds.runtime.scheduler import Completion
-
-FINISH = {"stop": "stop", "length": "length", "eos": "stop", "content_filter": "stop", "tool_calls": "stop"}
+from edgeds.runtime.reasoning import CLOSE, OPEN, ReasoningSplitter
+from edgeds.serving.openai import FINISH_FROM_WIRE, error_message, token_counts
 
 
 def base_url(endpoint: str) -> str:
@@ -58,6 +57,7 @@ class RemoteBackend:
         self.api_key = api_key
         self.timeout = timeout
         self.model = model or self._first_model()
+        self._cancel = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="edgeds-remote")
 
     def _headers(self) -> dict[str, str]:
@@ -85,8 +85,21 @@ class RemoteBackend:
             raise EdgedsError(f"{self.base}/models lists no model; name one with --model")
         return models[0]["id"]
 
-    def complete(self, messages: list[dict], params: GenerationParams) -> Completion:
-        """One streamed chat completion, collected. Server errors come back as an error Completion."""
+    @property
+    def name(self) -> str:
+        return self.model
+
+    def cancel(self) -> None:
+        """End the running `generate` at its next chunk (finish_reason cancelled)."""
+        self._cancel.set()
+
+    def generate(self, messages: list[dict], params: GenerationParams | None = None) -> Iterator[Event]:
+        """One streamed chat completion as events: Reasoning/Answer deltas, then Done.
+
+        Raises:
+            EdgedsError: the server cannot be reached or refuses the request.
+        """
+        params = params or GenerationParams()
         body: dict = {"model": self.model, "messages": messages, "stream": True,
                       "stream_options": {"include_usage": True}}
         for key in ("max_tokens", "temperature", "top_p", "seed"):
@@ -95,50 +108,57 @@ class RemoteBackend:
                 body[key] = value
         if params.grammar:
             body["grammar"] = params.grammar  # llama-server and edgeds serve take GBNF here
-        t0 = time.perf_counter()
-        try:
-            response = self._open("/chat/completions", body)
-        except EdgedsError as err:
-            return Completion("", "", Stats(finish_reason="error", error=str(err)))
-        reasoning: list[str] = []
-        content: list[str] = []
+        self._cancel.clear()
+        timer = GenerationTimer()
+        response = self._open("/chat/completions", body)
+        timer.prompt_done()
+        splitter = ReasoningSplitter()  # for content that carries its own <think> block
         usage: dict = {}
-        finish = "stop"
-        t_first = None
-        with response:
-            for data in _sse_data(response):
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    return Completion("", "", Stats(finish_reason="error", error=_message(chunk)))
-                usage = chunk.get("usage") or usage
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or choice.get("message") or {}
-                    piece_r = delta.get("reasoning_content") or delta.get("reasoning") or ""
-                    piece_c = delta.get("content") or ""
-                    if (piece_r or piece_c) and t_first is None:
-                        t_first = time.perf_counter()
-                    reasoning.append(piece_r)
-                    content.append(piece_c)
-                    if choice.get("finish_reason"):
-                        finish = FINISH.get(choice["finish_reason"], "stop")
-        t_end = time.perf_counter()
-        reasoning_text, answer_text = "".join(reasoning).strip(), "".join(content).strip()
-        if not reasoning_text and CLOSE in answer_text:
-            reasoning_text, answer_text = split_text(answer_text)
-        completion_tokens = int(usage.get("completion_tokens") or 0)
-        details = usage.get("completion_tokens_details") or {}
-        reasoning_tokens = int(details.get("reasoning_tokens") or 0)
-        decode_s = t_end - (t_first or t_end)
-        return Completion(reasoning_text, answer_text, Stats(
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            reasoning_tokens=reasoning_tokens,
-            answer_tokens=max(completion_tokens - reasoning_tokens, 0),
-            ttft_s=round((t_first or t_end) - t0, 4),
-            decode_tok_s=round((completion_tokens - 1) / decode_s, 2) if completion_tokens > 1 and decode_s > 0 else 0.0,
-            finish_reason=finish,  # type: ignore[arg-type]
-        ))
+        finish, error = "stop", None
+        try:
+            with response:
+                for data in _sse_data(response):
+                    if data == "[DONE]":
+                        break
+                    if self._cancel.is_set():
+                        finish = "cancelled"
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        finish, error = "error", error_message(chunk)
+                        break
+                    usage = chunk.get("usage") or usage
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or choice.get("message") or {}
+                        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+                        content = delta.get("content") or ""
+                        if reasoning or content:
+                            timer.token()
+                        if reasoning:
+                            yield Reasoning(reasoning)
+                        if content:
+                            yield from splitter.feed(content)
+                        if choice.get("finish_reason"):
+                            finish = FINISH_FROM_WIRE.get(choice["finish_reason"], "stop")
+        except (OSError, ValueError) as err:  # the connection broke, or a chunk is not JSON
+            finish, error = "error", f"{self.base}/chat/completions: the reply broke off ({err})"
+        yield from splitter.finish()
+        prompt_tokens, reasoning_tokens, answer_tokens = token_counts(usage)
+        yield Done(timer.stats(prompt_tokens=prompt_tokens, generated=reasoning_tokens + answer_tokens,
+                               reasoning_tokens=reasoning_tokens, answer_tokens=answer_tokens,
+                               finish_reason=finish, error=error))  # type: ignore[arg-type]
+
+    def complete(self, messages: list[dict], params: GenerationParams) -> Completion:
+        """One chat completion, collected; a refused request comes back as an error Completion."""
+        try:
+            completion = collect(self.generate(messages, params))
+        except EdgedsError as err:
+            return failed(str(err))
+        reasoning, answer = completion.reasoning.strip(), completion.answer
+        if not reasoning and CLOSE in answer:
+            # the server's template opened the think block, so only </think> is in the content
+            reasoning, answer = split_text(answer)
+        return Completion(reasoning, answer, completion.stats)
 
     def submit(self, messages: list[dict], params: GenerationParams,
                on_done: Callable[[Completion], None]):
@@ -146,7 +166,7 @@ class RemoteBackend:
             try:
                 completion = self.complete(messages, params)
             except Exception as err:  # noqa: BLE001 - a broken reply fails its row only
-                completion = Completion("", "", Stats(finish_reason="error", error=f"{type(err).__name__}: {err}"))
+                completion = failed(f"{type(err).__name__}: {err}")
             on_done(completion)
 
         return self._pool.submit(work)
@@ -173,15 +193,8 @@ def _sse_data(response):
         yield "\n".join(lines)
 
 
-def _message(body: dict) -> str:
-    error = body.get("error")
-    if isinstance(error, dict):
-        return str(error.get("message") or error)
-    return str(error or body)
-
-
 def _error_message(err: urllib.error.HTTPError) -> str:
     try:
-        return _message(json.loads(err.read().decode("utf-8")))
+        return error_message(json.loads(err.read().decode("utf-8")))
     except (ValueError, OSError):
         return err.reason or "no details"

@@ -20,25 +20,26 @@ import json
 import threading
 import time
 import uuid
+from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from edgeds.errors import ContextOverflow, EdgedsError
-from edgeds.events import Answer, Done, Reasoning, Stats
+from edgeds.events import Answer, Done, Reasoning
 from edgeds.runtime.params import GenerationParams
+from edgeds.runtime.request import RequestError, check_messages, sampling_params
 from edgeds.runtime.scheduler import Scheduler
-
-ROLES = ("system", "user", "assistant")
+from edgeds.serving.openai import error_body, finish_reason, usage
 
 
 class ApiError(Exception):
     """An error reply: HTTP status plus OpenAI's error object."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",  # noqa: A002
                  param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.status = status
-        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+        self.body = error_body(message, type=type, param=param, code=code)
 
 
 def parse_request(body: bytes) -> tuple[list[dict], GenerationParams, bool, bool]:
@@ -49,29 +50,15 @@ def parse_request(body: bytes) -> tuple[list[dict], GenerationParams, bool, bool
         raise ApiError(400, f"the request body is not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
-    messages = data.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list", param="messages")
-    clean: list[dict] = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}", param=f"messages[{i}].role")
-        clean.append({"role": message["role"], "content": _text(message.get("content"), i)})
-
-    def number(key: str, kind, lo: float | None = None, hi: float | None = None):
-        value = data.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise ApiError(400, f"'{key}' must be a {'integer' if kind is int else 'number'}", param=key)
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ApiError(400, f"'{key}' is out of range", param=key)
-        return value
-
-    max_tokens = number("max_completion_tokens", int, 1) or number("max_tokens", int, 1)
-    n = number("n", int, 1)
-    if n not in (None, 1):
-        raise ApiError(400, "only n=1 is supported", param="n")
+    if "max_completion_tokens" in data:  # OpenAI's newer name wins
+        data = {**data, "max_tokens": data["max_completion_tokens"]}
+    try:
+        messages = check_messages(data.get("messages"))
+        params = sampling_params(data)
+        if data.get("n") not in (None, 1):
+            raise RequestError("n", "only n=1 is supported")
+    except RequestError as err:
+        raise ApiError(400, str(err), param=err.key) from None
     grammar = data.get("grammar")
     if grammar is not None and not isinstance(grammar, str):
         raise ApiError(400, "'grammar' must be a GBNF string", param="grammar")
@@ -80,37 +67,7 @@ def parse_request(body: bytes) -> tuple[list[dict], GenerationParams, bool, bool
         raise ApiError(400, "'stream' must be true or false", param="stream")
     options = data.get("stream_options") or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    params = GenerationParams(
-        max_tokens=max_tokens,
-        temperature=number("temperature", (int, float), 0, 2),
-        top_p=number("top_p", (int, float), 0, 1),
-        seed=number("seed", int),
-        grammar=grammar,
-    )
-    return clean, params, stream, include_usage
-
-
-def _text(content, i: int) -> str:
-    """Message content: a string, or a list of text parts."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-        return "".join(str(p.get("text", "")) for p in content)
-    raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", param=f"messages[{i}].content")
-
-
-def usage(stats: Stats) -> dict:
-    completion = stats.reasoning_tokens + stats.answer_tokens
-    return {
-        "prompt_tokens": stats.prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": stats.prompt_tokens + completion,
-        "completion_tokens_details": {"reasoning_tokens": stats.reasoning_tokens},
-    }
-
-
-def _finish_reason(stats: Stats) -> str:
-    return "length" if stats.finish_reason == "length" else "stop"
+    return messages, replace(params, grammar=grammar), stream, include_usage
 
 
 class Server:
@@ -233,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": self.server_state.model_id,
-            "choices": [{"index": 0, "message": message, "finish_reason": _finish_reason(stats), "logprobs": None}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(stats), "logprobs": None}],
             "usage": usage(stats),
         })
 
@@ -262,10 +219,9 @@ class _Handler(BaseHTTPRequestHandler):
                 elif isinstance(event, Done):
                     stats = event.stats
                     if stats.finish_reason == "error":
-                        self._event({"error": {"message": stats.error, "type": "server_error", "param": None,
-                                               "code": None}})
+                        self._event(error_body(stats.error or "generation failed", type="server_error"))
                     else:
-                        self._event(chunk({}, _finish_reason(stats)))
+                        self._event(chunk({}, finish_reason(stats)))
                         if include_usage:
                             self._event({**chunk({}), "choices": [], "usage": usage(stats)})
             self.wfile.write(b"data: [DONE]\n\n")

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from edgeds.errors import UsageError
-from edgeds.machine.placement import TensorTable, compute_reserve, plan
+from edgeds.machine.memory import Geometry, gpu_reserve
+from edgeds.machine.placement import TensorTable, plan
 
 GB = 10**9
 BPW = 4.5 / 8  # bytes per weight of a Q4_K_M-like file
@@ -35,8 +36,10 @@ def table_from_config(c: dict) -> TensorTable:
             hot.append(int((attn + 3 * h * c["moe_inter"] * c["shared"]) * BPW) + h * c["routed"] * 4)
             exps.append(int(3 * h * c["moe_inter"] * c["routed"] * BPW))
     embd = int(c["vocab"] * h * BPW)
-    return TensorTable(c["layers"], tuple(hot), tuple(exps), other=2 * embd, output=embd,
-                       kv_per_token_layer=(c["kv_lora"] + c["rope"]) * 2, n_vocab=c["vocab"], n_ctx_train=163840)
+    geometry = Geometry(n_layers=c["layers"], n_embd=h, n_vocab=c["vocab"], n_head_kv=c["heads"], head_dim_k=qk,
+                        head_dim_v=c["v"], kv_lora_rank=c["kv_lora"], qk_rope_head_dim=c["rope"],
+                        n_experts=c["routed"], n_ctx_train=163840)
+    return TensorTable(c["layers"], tuple(hot), tuple(exps), other=2 * embd, output=embd, geometry=geometry)
 
 
 def gpu_bytes(table: TensorTable, p) -> int:
@@ -61,7 +64,7 @@ def gpu_bytes(table: TensorTable, p) -> int:
 def test_never_more_than_fits(config, vram_gb, mode):
     table = table_from_config(config)
     p = plan(table, gpu_free=vram_gb * GB, moe_offload=mode, n_ctx=4096)
-    assert gpu_bytes(table, p) <= vram_gb * GB - compute_reserve(table, 4096)
+    assert gpu_bytes(table, p) <= vram_gb * GB - gpu_reserve(table.geometry, 4096)
     assert gpu_bytes(table, p) == p.gpu_bytes
     assert re.match(r"GPU \d+\.\d/\d+\.\d GiB: ", p.explanation), p.explanation
 
