@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgeds.machine import fit
+from edgeds.machine.memory import Geometry
 from edgeds.catalog.gguf import read_gguf
 from edgeds.catalog.registry import load_registry
 
@@ -35,7 +36,7 @@ def measured_buffers(path: Path, n_ctx: int) -> dict[str, float]:
 
 def check(path: Path, n_ctx: int) -> None:
     got = measured_buffers(path, n_ctx)
-    est = fit.estimate_gguf(read_gguf(path), n_ctx)
+    est = fit.Footprint.from_gguf(read_gguf(path)).estimate(n_ctx)
     pairs = {"weights": est.weights, "kv": est.kv_cache, "compute": est.compute}
     for kind, value in pairs.items():
         assert abs(value - got[kind]) <= 0.10 * got[kind] + 0.01 * MiB, (kind, value / MiB, got[kind] / MiB)
@@ -65,7 +66,7 @@ def tiny_deepseek_v3_gguf(tmp_path_factory) -> Path:
 
 def test_mla_kv_cache_matches_llama_cpp(tiny_deepseek_v3_gguf):
     info = read_gguf(tiny_deepseek_v3_gguf)
-    geom = fit.Geometry.from_gguf(info)
+    geom = Geometry.from_metadata(info.metadata)
     assert geom.kv_lora_rank and geom.qk_rope_head_dim
     assert info.expert_bytes > 0
     check(tiny_deepseek_v3_gguf, 4096)
@@ -73,9 +74,9 @@ def test_mla_kv_cache_matches_llama_cpp(tiny_deepseek_v3_gguf):
 
 def test_registry_geometry_kv_per_token():
     reg = load_registry()
-    r1 = fit.Geometry.from_shape(reg.get("r1").shape)
+    r1 = Geometry.from_shape(reg.get("r1").shape)
     assert r1.kv_bytes_per_token() == (512 + 64) * 61 * 2
-    small = fit.Geometry.from_shape(reg.get("r1-distill-qwen-1.5b").shape)
+    small = Geometry.from_shape(reg.get("r1-distill-qwen-1.5b").shape)
     assert small.kv_bytes_per_token() == 2 * 2 * 128 * 28 * 2
 
 
@@ -85,9 +86,7 @@ def test_plan_verdicts():
 
     def verdict(model_id, ram, vram, quant=None):
         entry = reg.get(model_id)
-        source = entry.quant(quant)
-        return fit.plan(lambda n: fit.estimate_registry(entry, source, n),
-                        fit.Geometry.from_shape(entry.shape), entry.context_length, ram=ram, vram=vram)
+        return fit.verdict(fit.Footprint.from_registry(entry, entry.quant(quant)), ram=ram, vram=vram)
 
     small = verdict("r1-distill-qwen-1.5b", ram=16 * GB, vram=0)
     assert small.mode == fit.CPU and small.max_ctx == 131072
@@ -104,6 +103,8 @@ def test_plan_verdicts():
 def test_gguf_info_agrees_with_gguf_py_reader(smollm2_path):
     from gguf import GGUFReader
 
+    from edgeds.catalog.gguf import read_file
+
     info = read_gguf(smollm2_path)
     reader = GGUFReader(smollm2_path)
     assert info.n_params == sum(int(t.n_elements) for t in reader.tensors)
@@ -116,14 +117,31 @@ def test_gguf_info_agrees_with_gguf_py_reader(smollm2_path):
         field = reader.fields[key]
         value = field.contents()
         assert info.metadata[key] == value, key
+    assert info.metadata["tokenizer.ggml.tokens"] == f"[{len(reader.fields['tokenizer.ggml.tokens'].data)} strings]"
+
+    header = read_file(smollm2_path, arrays=True)  # every key and array, typed; the tensors' places
+    fields = {k: f for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert list(header.metadata) == list(fields)
+    for key, field in fields.items():
+        assert header.metadata[key] == field.contents(), key
+        assert header.value_types[key] == (field.types[0], field.types[1] if len(field.types) > 1 else None), key
+    for t, ref in zip(header.tensors, reader.tensors, strict=True):
+        assert (t.name, t.ggml_type, t.shape, t.offset, t.n_bytes) == (
+            ref.name, ref.tensor_type.name, tuple(int(d) for d in reversed(ref.shape)), int(ref.data_offset),
+            int(ref.n_bytes))
+    for t, ref in list(zip(header.tensors, reader.tensors))[:4]:
+        assert header.data(t.name).tobytes() == ref.data.tobytes(), t.name
 
 
 def test_truncated_gguf_is_one_line_error(smollm2_path, tmp_path):
+    from edgeds.catalog.gguf import read_file
     from edgeds.errors import EdgedsError
 
     data = smollm2_path.read_bytes()
-    for cut in (100, len(data) - 1000):
-        bad = tmp_path / f"cut{cut}.gguf"
-        bad.write_bytes(data[:cut])
-        with pytest.raises(EdgedsError, match=rf"{bad}: .*truncated"):
-            read_gguf(bad)
+    corrupt = data[:24] + (1 << 62).to_bytes(8, "little") + data[32:]  # the first key's length
+    for name, damaged in (("cut100", data[:100]), ("cut-end", data[:-1000]), ("corrupt", corrupt)):
+        bad = tmp_path / f"{name}.gguf"
+        bad.write_bytes(damaged)
+        for read in (read_gguf, lambda p: read_file(p, arrays=True)):
+            with pytest.raises(EdgedsError, match=rf"^{bad}: .*truncated[^\n]*$"):
+                read(bad)

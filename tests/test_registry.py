@@ -68,7 +68,7 @@ def test_packaged_registry_has_the_deepseek_family():
 
 
 def test_packaged_file_is_the_repo_root_file():
-    assert PACKAGED_REGISTRY.resolve() == (PACKAGED_REGISTRY.parents[1] / "models.toml").resolve()
+    assert PACKAGED_REGISTRY.resolve() == (PACKAGED_REGISTRY.parents[2] / "models.toml").resolve()
 
 
 def test_user_registry_adds_and_overrides():
