@@ -1,7 +1,8 @@
-"""Messages from the generation and model-loading workers to the app.
+"""Messages from the generation and model-loading workers to the UI.
 
 Workers run in threads and talk to the UI only through these (post_message is thread-safe).
-Deltas are coalesced in the worker, so the UI sees at most a few dozen per second.
+Deltas are coalesced in the worker, so the UI sees at most a few dozen per second. Turn
+messages go to the chat view that started the turn and stop there (no bubbling).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from edgeds.events import Stats
 
 
 @dataclass
-class TurnDelta(Message):
+class TurnDelta(Message, bubble=False):
     """New reasoning and/or answer text of the running turn (several tokens joined)."""
 
     reasoning: str
@@ -23,14 +24,14 @@ class TurnDelta(Message):
 
 
 @dataclass
-class TurnDone(Message):
+class TurnDone(Message, bubble=False):
     """The running turn ended (stop, length, cancelled or error)."""
 
     stats: Stats
 
 
 @dataclass
-class TurnFailed(Message):
+class TurnFailed(Message, bubble=False):
     """The engine raised before or while generating (context overflow, a load problem)."""
 
     error: str

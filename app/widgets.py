@@ -1,4 +1,4 @@
-"""The chat app's widgets: prompt box, messages with a live "Thinking" section, sidebar, header.
+"""The chat app's widgets: the prompt box and the messages, with a live "Thinking" section.
 
 An assistant message streams its reasoning and its answer through `MarkdownStream`s (Textual
 batches the appends), and renders the whole answer once more when the turn ends, because a
@@ -16,20 +16,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Collapsible, ListItem, ListView, Markdown, Static, TextArea
+from textual.widgets import Collapsible, Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownStream
 
 from edgeds.events import Stats
-from edgeds.store import Conversation
+from edgeds.store import StoredMessage
 
-# DeepSeek's official file-upload template (DeepSeek-R1 README, "Usage Recommendations").
-FILE_TEMPLATE = "[file name]: {name}\n[file content begin]\n{content}\n[file content end]\n{question}"
-_FILE_RE = re.compile(r"\A\[file name\]: (?P<name>[^\n]*)\n\[file content begin\]\n(?P<content>.*)\n\[file content end\]\n", re.S)
+from edgeds.app.attachments import file_summary
+
 _CODE_RE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
-
-
-def with_file(name: str, content: str, question: str) -> str:
-    return FILE_TEMPLATE.format(name=name, content=content, question=question)
 
 
 def code_blocks(markdown: str) -> list[str]:
@@ -67,13 +62,7 @@ class UserMessage(Static):
 
     def __init__(self, content: str, **kwargs):
         self.text = content
-        match = _FILE_RE.match(content)
-        if match:
-            n = match.group("content").count("\n") + 1
-            shown = f"📎 {match.group('name')} ({n} lines)\n{content[match.end():]}"
-        else:
-            shown = content
-        super().__init__(shown, markup=False, **kwargs)
+        super().__init__(file_summary(content), markup=False, **kwargs)
 
 
 class ThinkingSection(Collapsible):
@@ -217,20 +206,10 @@ class AssistantMessage(Vertical):
             self.app.notify("Reply copied")
 
 
-class ChatHeader(Static):
-    """Model, quant, placement and context use."""
-
-
-class ConversationItem(ListItem):
-    def __init__(self, conversation: Conversation, **kwargs):
-        super().__init__(Static(conversation.title, markup=False), **kwargs)
-        self.conversation = conversation
-
-
-class ConversationList(ListView):
-    """The sidebar: stored conversations, newest first."""
-
-    def show(self, conversations: list[Conversation], current: int | None) -> None:
-        self.clear()
-        for conv in conversations:
-            self.append(ConversationItem(conv, classes="-current" if conv.id == current else ""))
+def stored_message(message: StoredMessage) -> UserMessage | AssistantMessage:
+    """The widget that shows a stored message again."""
+    if message.role == "user":
+        return UserMessage(message.content, classes="user")
+    stats = Stats(**message.stats) if message.stats else None
+    return AssistantMessage(answer=message.content, reasoning=message.reasoning, reasoning_s=message.reasoning_s,
+                            stats=stats, finish_reason=message.finish_reason or "stop")

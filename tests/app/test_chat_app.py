@@ -3,13 +3,15 @@ makes it reason, then answer) and SmolLM2 for plain answers."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
 
 from edgeds.app import ChatApp
-from edgeds.app.widgets import AssistantMessage, ConversationItem, PromptInput, UserMessage, with_file
+from edgeds.app.attachments import with_file
+from edgeds.app.chat import ChatView
+from edgeds.app.conversations import ConversationItem
+from edgeds.app.widgets import AssistantMessage, PromptInput, UserMessage
 from edgeds.runtime import Engine
 from edgeds.runtime.params import GenerationParams
 from edgeds.store import Store
@@ -39,21 +41,30 @@ async def reply_done(pilot, timeout: float = 90.0) -> AssistantMessage:
 
 
 class RecordingApp(ChatApp):
-    """The real app, also recording each streamed state and every notification."""
+    """The real app, also recording every notification."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.states: list[tuple[str, str, bool, str]] = []
         self.notes: list[tuple[str, str]] = []
-
-    async def on_turn_delta(self, message) -> None:
-        await super().on_turn_delta(message)
-        turn = self._turn
-        self.states.append((turn.reasoning, turn.answer, turn.thinking.collapsed, str(turn.thinking.title)))
 
     def notify(self, message, *, severity="information", **kwargs):
         self.notes.append((severity, str(message)))
         super().notify(message, severity=severity, **kwargs)
+
+
+@pytest.fixture
+def streamed_states(monkeypatch) -> list[tuple[str, str, bool, str]]:
+    """(reasoning, answer, collapsed, title) of the running turn right after each delta lands."""
+    states = []
+    apply_delta = ChatView.on_turn_delta
+
+    async def recording(chat: ChatView, message) -> None:
+        await apply_delta(chat, message)
+        turn = chat.turn
+        states.append((turn.reasoning, turn.answer, turn.thinking.collapsed, str(turn.thinking.title)))
+
+    monkeypatch.setattr(ChatView, "on_turn_delta", recording)
+    return states
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +87,17 @@ def store(tmp_path):
 THINK = GenerationParams(max_tokens=120, grammar=THINK_GRAMMAR, seed=3)
 
 
-async def test_reasoning_opens_streams_and_collapses(tiny, store):
-    app = RecordingApp(engine=tiny, params=THINK, store=store)
+async def test_reasoning_opens_streams_and_collapses(tiny, store, streamed_states):
+    app = ChatApp(engine=tiny, params=THINK, store=store)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "Hi")
         reply = await reply_done(pilot)
         # while reasoning: the section is open, titled "Thinking…", and no answer yet
-        thinking_states = [s for s in app.states if s[0] and not s[1]]
+        thinking_states = [s for s in streamed_states if s[0] and not s[1]]
         assert thinking_states and all(not collapsed for _, _, collapsed, _ in thinking_states)
         assert all(title.startswith("Thinking…") for *_, title in thinking_states)
         # once the answer streams, the section is collapsed
-        answer_states = [s for s in app.states if s[1]]
+        answer_states = [s for s in streamed_states if s[1]]
         assert answer_states and all(collapsed for _, _, collapsed, _ in answer_states)
         assert app.last_stats.finish_reason == "stop" and app.last_stats.reasoning_tokens > 0
         assert reply.reasoning.strip() and reply.answer.strip()
@@ -144,7 +155,7 @@ async def test_cancel_keeps_partial_turn_and_restores_prompt(smol, store):
     prompt = "Write a very long story about a lighthouse keeper."
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, prompt)
-        await wait_for(pilot, lambda: app._turn is not None and app._turn.answer)
+        await wait_for(pilot, lambda: app.chat.turn is not None and app.chat.turn.answer)
         await pilot.press("escape")
         reply = await reply_done(pilot)
         assert app.last_stats.finish_reason == "cancelled"
@@ -268,6 +279,7 @@ async def test_switch_model_from_a_file_and_a_bad_id(smollm2_path, store):
         await wait_for(pilot, lambda: app.engine is not None, 60)
         header = str(app.query_one("#header").render())
         assert "Q4_1" in header and "ctx 0/512" in header
+        assert app.engine.placement and f" · {app.engine.placement} · " in header
         assert app.engine.model.path == smollm2_path
 
 
@@ -284,7 +296,7 @@ async def test_view_follows_the_reply_until_the_user_scrolls_up(smol, store):
         assert view.max_scroll_y > 0 and view.scroll_y == view.max_scroll_y  # followed to the bottom
 
         await send(pilot, "Write another long story, about a baker.")
-        await wait_for(pilot, lambda: view.max_scroll_y > 0 and app.generating and app._turn and app._turn.answer)
+        await wait_for(pilot, lambda: view.max_scroll_y > 0 and app.generating and app.chat.turn and app.chat.turn.answer)
         view.scroll_home(animate=False, immediate=True)
         await pilot.pause(0.05)
         height_when_scrolled = view.max_scroll_y

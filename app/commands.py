@@ -1,0 +1,18 @@
+"""The command palette's own entries: title, help text and the app action each one runs."""
+
+from __future__ import annotations
+
+COMMANDS = [
+    ("New chat", "Start a new conversation", "new_chat"),
+    ("Switch model", "Load another GGUF file or registry model", "switch_model"),
+    ("Toggle thinking", "Show or hide every reasoning section", "toggle_reasoning"),
+    ("Toggle chat list", "Show or hide the conversation sidebar", "toggle_sidebar"),
+    ("Rename chat", "Rename this conversation", "rename"),
+    ("Delete chat", "Delete this conversation", "delete"),
+    ("Export chat", "Save this conversation as Markdown", "export"),
+    ("Copy reply", "Copy the last reply", "copy_reply"),
+    ("Copy code block", "Copy the last code block of the last reply", "copy_code"),
+    ("Attach file", "Attach a text file to the next prompt", "attach"),
+    ("Remove attachment", "Drop the attached file", "remove_attachment"),
+    ("Cancel reply", "Stop the running generation", "cancel"),
+]
