@@ -20,6 +20,7 @@ from textual.widgets import Static
 from edgeds.errors import EdgedsError
 from edgeds.events import Stats
 from edgeds.runtime.params import GenerationParams
+from edgeds.runtime.request import with_system
 from edgeds.store import Store
 
 from edgeds.app.attachments import read_attachment, with_file
@@ -101,7 +102,7 @@ class ChatView(Vertical):
         conv = self.store.get(self.conversation_id)
         history = self.store.history(conv.id)
         self.store.add(conv.id, "user", content, model=self.engine.name)
-        messages = ([{"role": "system", "content": conv.system}] if conv.system else []) + history
+        messages = with_system(history, conv.system)
         messages.append({"role": "user", "content": content})
         self.last_request = messages
         self._turn_prompt = (text, self.attachment)
