@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgeds.app import ChatApp
+from edgeds.app import ChatApp, quick_thread_switches
 from edgeds.events import Done
 from edgeds.machine.hardware import threads_beside_ui
 from edgeds.runtime import Engine
@@ -62,7 +62,8 @@ def main() -> None:
         bare, tui = [], []
         for i in range(args.runs):
             a = engine_run(engine, params)
-            b = asyncio.run(tui_run(engine, params, Path(tmp) / f"{i}.db"))
+            with quick_thread_switches():  # as `edgeds chat` runs the app
+                b = asyncio.run(tui_run(engine, params, Path(tmp) / f"{i}.db"))
             bare.append(a.decode_tok_s)
             tui.append(b.decode_tok_s)
             print(f"run {i + 1}: engine {a.decode_tok_s:7.2f} tok/s ({a.completion_tokens} tokens)   "
