@@ -24,15 +24,13 @@ SHAPE = dict(H=2048, L=27, dense=1, E=64, used=6, Fm=1408, shared=2, F=10944, nh
 
 
 def write_vocab(template: Path, out: Path) -> None:
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from gguf import GGUFWriter
 
-    r = GGUFReader(template)
+    from edgeds.catalog.gguf import read_file
+    from edgeds.convert.layout import copy_metadata
+
     w = GGUFWriter(out, "deepseek2")
-    for f in r.fields.values():
-        if f.name.startswith("GGUF.") or f.name == "general.architecture" or f.name.startswith("edgeds."):
-            continue
-        vt = f.types[0]
-        w.add_key_value(f.name, f.contents(), vt, f.types[-1] if vt == GGUFValueType.ARRAY else None)
+    copy_metadata(read_file(template, arrays=True), w, skip=lambda key: key.startswith("edgeds."))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
@@ -83,17 +81,15 @@ def q4_0_blocks(n_elements: int, rng) -> np.ndarray:
 
 
 def write_model(vocab: Path, out: Path, s: dict) -> None:
-    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+    from gguf import GGMLQuantizationType, GGUFWriter
 
-    r = GGUFReader(vocab)
-    n_vocab = len(r.fields["tokenizer.ggml.tokens"].data)
+    from edgeds.catalog.gguf import read_file
+    from edgeds.convert.layout import copy_metadata
+
+    source = read_file(vocab, arrays=True)
+    n_vocab = len(source.metadata["tokenizer.ggml.tokens"])
     w = GGUFWriter(out, "deepseek2")
-    skip = ("GGUF.", "general.architecture", "deepseek2.")
-    for f in r.fields.values():
-        if f.name.startswith(skip):
-            continue
-        vt = f.types[0]
-        w.add_key_value(f.name, f.contents(), vt, f.types[-1] if vt == GGUFValueType.ARRAY else None)
+    copy_metadata(source, w, skip=lambda key: key.startswith("deepseek2."))
     a = "deepseek2."
     for key, val in {"block_count": s["L"], "context_length": 163840, "embedding_length": s["H"],
                      "feed_forward_length": s["F"], "attention.head_count": s["nh"], "attention.head_count_kv": 1,
@@ -125,7 +121,8 @@ def write_model(vocab: Path, out: Path, s: dict) -> None:
 
 
 def measure(path: Path, placement, n_prompt: int = 512, n_gen: int = 64, reps: int = 3) -> dict:
-    from edgeds.llamacpp.binding import Context, Model, captured_llama_log
+    from edgeds.llamacpp.backend import captured_llama_log
+    from edgeds.llamacpp.binding import Context, Model
 
     with captured_llama_log() as log:
         model = Model(path, placement.load_options)
@@ -165,14 +162,15 @@ def main() -> None:
     if args.cmd == "vocab":
         write_vocab(args.template, args.out)
         return
-    from edgeds.machine.placement import plan, read_table
+    from edgeds.catalog.gguf import read_gguf
+    from edgeds.machine.placement import TensorTable, plan
 
     shape = dict(SHAPE, L=args.layers)
     t0 = time.perf_counter()
     if not args.model.exists():
         write_model(args.vocab, args.model, shape)
     print(f"model {args.model} {args.model.stat().st_size / 2**30:.2f} GiB (written in {time.perf_counter() - t0:.0f}s)", flush=True)
-    table = read_table(args.model)
+    table = TensorTable.from_gguf(read_gguf(args.model))
     budget = int(args.budget_gib * 2**30)
     for mode in ("auto", "none"):
         p = plan(table, gpu_free=budget, moe_offload=mode, n_ctx=4096, gpu_name="CUDA0")

@@ -1,12 +1,15 @@
 """edgeds.convert: Hugging Face safetensors checkpoints → GGUF files llama.cpp loads.
 
-    from edgeds.convert import convert
+    from edgeds.convert import convert, convert_and_quantize
     convert("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "r1-1.5b.gguf", outtype="q8_0")
+    convert_and_quantize("deepseek-ai/DeepSeek-V2-Lite-Chat", "v2-lite.gguf", "moe-q4")
 
 The pipeline: resolve the source folder (downloading config, tokenizer and safetensors only) →
 read headers (checkpoint.py) → pick the architecture module (arch/) → plan every output tensor
 (plan.py) and check nothing is left over → size the file and check the disk → stream tensor by
 tensor into `OUT.partial` (gguf_writer.py) → rename to OUT. Any failure removes the partial file.
+`convert_and_quantize` goes on from a staged F16 file to llama.cpp's quantizer (quantize.py) and,
+for MoE models, the expert-offload layout (layout.py).
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from edgeds.errors import ConversionError
+from edgeds.errors import ConversionError, UsageError
 
-__all__ = ["OUTTYPES", "convert", "prepare", "resolve_source"]
+__all__ = ["OUTTYPES", "convert", "convert_and_quantize", "prepare", "resolve_source"]
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 DOWNLOAD_PATTERNS = [
@@ -171,6 +174,39 @@ def convert(
             (log or (lambda s: print(s, file=sys.stderr)))(line)
         report.raise_if_failed(out)
     return out
+
+
+def convert_and_quantize(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    quant: str,
+    *,
+    split_experts: bool = False,
+    verify: bool = False,
+    progress: bool = True,
+    revision: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[Path, ...]:
+    """Convert to F16 in a staged file beside `out`, quantize it with `quant` (a recipe or llama.cpp
+    type) into `out`, in the expert-offload layout for MoE models (split in two files with
+    `split_experts`), and remove the staged file. Returns the written file(s).
+
+    Raises:
+        UsageError: `quant` needs an importance matrix (found before anything is converted).
+        ConversionError, QuantizeError: as `convert` and `quantize.quantize_file`.
+    """
+    from edgeds.convert.quantize import quantize_file
+    from edgeds.convert.recipes import get_recipe
+
+    out = Path(out)
+    if get_recipe(quant).needs_imatrix:
+        raise UsageError(f"--quant {quant} needs an importance matrix: convert, then `edgeds quantize --imatrix FILE`")
+    staged = out.with_name(out.name + ".f16.partial")  # never looks like a finished file
+    try:
+        convert(src, staged, "f16", verify=verify, progress=progress, revision=revision, log=log)
+        return quantize_file(staged, out, quant, split_experts=split_experts)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def _pieces(ckpt, plan, ttype):

@@ -6,8 +6,8 @@ iterator of float32 pieces, converted to the tensor's type piece by piece. Nothi
 one piece is ever held. A state machine rejects out-of-order calls, and each tensor must
 receive exactly its declared byte count.
 
-Other parts of edgeds (the expert-offload layout, quantization metadata) reuse this module:
-tensors are written in the order declared, and any extra key can be added with `add`.
+Tensors are written in the order declared, and any extra key can be added with `add`. Value
+types are gguf-py's GGUFValueType, packed with the reader's formats (edgeds.catalog.gguf).
 """
 
 from __future__ import annotations
@@ -20,37 +20,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from gguf import GGUFValueType
 
+from edgeds.catalog.gguf import DEFAULT_ALIGNMENT, MAGIC, SCALAR_FORMAT
 from edgeds.errors import ConversionError
 
-MAGIC = b"GGUF"
 VERSION = 3
-ALIGNMENT = 32
-
-
-class ValueType(IntEnum):
-    """GGUF metadata value types (gguf.h)."""
-
-    UINT8 = 0
-    INT8 = 1
-    UINT16 = 2
-    INT16 = 3
-    UINT32 = 4
-    INT32 = 5
-    FLOAT32 = 6
-    BOOL = 7
-    STRING = 8
-    ARRAY = 9
-    UINT64 = 10
-    INT64 = 11
-    FLOAT64 = 12
-
-
-_PACK = {
-    ValueType.UINT8: "<B", ValueType.INT8: "<b", ValueType.UINT16: "<H", ValueType.INT16: "<h",
-    ValueType.UINT32: "<I", ValueType.INT32: "<i", ValueType.FLOAT32: "<f", ValueType.BOOL: "<?",
-    ValueType.UINT64: "<Q", ValueType.INT64: "<q", ValueType.FLOAT64: "<d",
-}
 
 
 class TensorType(IntEnum):
@@ -83,7 +58,7 @@ _U64 = struct.Struct("<Q")
 
 
 def _pad(n: int) -> int:
-    return -n % ALIGNMENT
+    return -n % DEFAULT_ALIGNMENT
 
 
 def _string(s: str) -> bytes:
@@ -91,45 +66,45 @@ def _string(s: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _infer(value: object) -> ValueType:
+def _infer(value: object) -> GGUFValueType:
     if isinstance(value, bool):
-        return ValueType.BOOL
+        return GGUFValueType.BOOL
     if isinstance(value, int):
-        return ValueType.UINT32 if 0 <= value < 1 << 32 else ValueType.INT64
+        return GGUFValueType.UINT32 if 0 <= value < 1 << 32 else GGUFValueType.INT64
     if isinstance(value, float):
-        return ValueType.FLOAT32
+        return GGUFValueType.FLOAT32
     if isinstance(value, str):
-        return ValueType.STRING
+        return GGUFValueType.STRING
     if isinstance(value, (list, tuple)):
-        return ValueType.ARRAY
+        return GGUFValueType.ARRAY
     raise TypeError(f"no GGUF type for {type(value).__name__}")
 
 
-def _array_item_type(values: list | tuple) -> ValueType:
+def _array_item_type(values: list | tuple) -> GGUFValueType:
     if not values:
-        return ValueType.INT32
+        return GGUFValueType.INT32
     first = values[0]
     if isinstance(first, bool):
-        return ValueType.BOOL
+        return GGUFValueType.BOOL
     if isinstance(first, int):
-        return ValueType.INT32  # llama.cpp reads token types and similar arrays as int32
+        return GGUFValueType.INT32  # llama.cpp reads token types and similar arrays as int32
     return _infer(first)
 
 
-def encode_value(value: object, vtype: ValueType, item_type: ValueType | None = None) -> bytes:
+def encode_value(value: object, vtype: GGUFValueType, item_type: GGUFValueType | None = None) -> bytes:
     """The bytes of one metadata value (type tag included)."""
     out = struct.pack("<I", vtype)
-    if vtype == ValueType.STRING:
+    if vtype == GGUFValueType.STRING:
         return out + _string(str(value))
-    if vtype == ValueType.ARRAY:
+    if vtype == GGUFValueType.ARRAY:
         items = list(value)  # type: ignore[call-overload]
         item_type = item_type if item_type is not None else _array_item_type(items)
         out += struct.pack("<IQ", item_type, len(items))
-        if item_type == ValueType.STRING:
+        if item_type == GGUFValueType.STRING:
             pack = _U64.pack
             return out + b"".join([pack(len(raw)) + raw for raw in (str(s).encode("utf-8") for s in items)])
-        return out + struct.pack(f"<{len(items)}{_PACK[item_type][1]}", *items)
-    return out + struct.pack(_PACK[vtype], value)
+        return out + struct.pack(f"<{len(items)}{SCALAR_FORMAT[item_type][1]}", *items)
+    return out + struct.pack(SCALAR_FORMAT[vtype], value)
 
 
 def to_bf16(x: np.ndarray) -> np.ndarray:
@@ -235,7 +210,7 @@ class GGUFWriter:
         if self._state != state:
             raise RuntimeError(f"GGUF writer: expected to be {state.value}, but it is {self._state.value}")
 
-    def add(self, key: str, value: object, vtype: ValueType | None = None, item_type: ValueType | None = None) -> None:
+    def add(self, key: str, value: object, vtype: GGUFValueType | None = None, item_type: GGUFValueType | None = None) -> None:
         """A metadata key; the type is inferred unless given (int → uint32, float → float32, int list → int32)."""
         self._expect(State.DECLARING)
         self._kv[key] = _string(key) + encode_value(value, vtype if vtype is not None else _infer(value), item_type)

@@ -3,103 +3,92 @@
 Non-expert ("hot") tensors come first, then each layer's routed-expert tensors
 (`blk.N.ffn_{gate,up,down}_exps.weight`) layer by layer, so the part that stays on the GPU is one
 contiguous range and each layer's experts another. `edgeds.layout.*` keys record the layout version,
-the hot bytes and the expert bytes per layer, and `edgeds.quant.recipe` the recipe. With `split`, the
-file is written in llama.cpp's multi-file form (`NAME-00001-of-00002.gguf`, `split.*` keys) with the
-boundary between hot tensors and experts. Stock llama.cpp loads either form.
+the hot bytes and the expert bytes per layer, and `edgeds.quant.recipe` the recipe (read back as
+`read_gguf(path).layout`). With `split`, the file is written in llama.cpp's multi-file form
+(`NAME-00001-of-00002.gguf`, `split.*` keys) with the boundary between hot tensors and experts.
+Stock llama.cpp loads either form.
 
-The rewrite streams tensor data from the memory-mapped source; outputs are written under temporary
-names and renamed only when complete.
+The rewrite reads the source with edgeds.catalog.gguf and hands gguf-py's GGUFWriter each tensor's
+bytes from the source's memory map; outputs are written under temporary names and renamed only
+when complete.
 """
 
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
+from edgeds.catalog.gguf import (EXPERT_TENSOR, KEY_EXPERT_BYTES, KEY_HOT_BYTES, KEY_LAYOUT_VERSION, KEY_RECIPE,
+                                 GgufFile, TensorInfo, expert_layer, read_file, split_paths)
 from edgeds.errors import EdgedsError
 
 LAYOUT_VERSION = 1
-EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)_exps\.")
-KEY_VERSION = "edgeds.layout.version"
-KEY_HOT_BYTES = "edgeds.layout.hot_bytes"
-KEY_EXPERT_BYTES = "edgeds.layout.expert_bytes"
-KEY_RECIPE = "edgeds.quant.recipe"
 _PART = {"gate": 0, "up": 1, "down": 2}
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where the bytes of a layout-ordered MoE file are."""
-
-    hot_bytes: int
-    expert_bytes: tuple[int, ...]  # per layer, 0 for dense layers
-    files: tuple[Path, ...]
-
-
-def expert_layer(name: str) -> int | None:
-    m = EXPERT_TENSOR.match(name)
-    return int(m.group(1)) if m else None
+def copy_metadata(source: GgufFile, writer, skip: Callable[[str], bool] = lambda key: False) -> None:
+    """Add the keys of `source` (read with `arrays=True`) to a gguf-py GGUFWriter with their own value
+    types, except general.architecture (the writer adds it) and the keys `skip` names."""
+    for key, value in source.metadata.items():
+        if key != "general.architecture" and not skip(key):
+            vtype, item = source.value_types[key]
+            writer.add_key_value(key, value, vtype, item)
 
 
-def split_paths(out: Path, n: int) -> list[Path]:
-    """llama.cpp's split names for `out` (NAME.gguf → NAME-00001-of-0000n.gguf)."""
-    stem = out.name[:-5] if out.name.endswith(".gguf") else out.name
-    return [out.with_name(f"{stem}-{i + 1:05d}-of-{n:05d}.gguf") for i in range(n)]
+def _add_tensor(writer, source: GgufFile, t: TensorInfo) -> None:
+    """Hand a tensor's stored bytes, memory-mapped, to a gguf-py GGUFWriter."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    kind = GGMLQuantizationType[t.ggml_type]
+    block, type_size = GGML_QUANT_SIZES[kind]
+    byte_shape = (*t.shape[:-1], t.shape[-1] // block * type_size)
+    writer.add_tensor(t.name, source.data(t.name).reshape(byte_shape), raw_shape=byte_shape, raw_dtype=kind)
+
+
+def _written_anew(key: str) -> bool:
+    """Keys the rewrite writes itself: the split and layout records."""
+    return key.startswith(("split.", "edgeds.layout.")) or key == KEY_RECIPE
 
 
 def write_layout(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
-                 recipe: str | None = None, split: bool = False) -> Layout:
-    """Rewrite GGUF `src` into the expert-offload layout at `out` (or its split files)."""
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+                 recipe: str | None = None, split: bool = False) -> tuple[Path, ...]:
+    """Rewrite GGUF `src` into the expert-offload layout at `out` (or its split files); returns the files."""
+    from gguf import GGUFWriter
 
     src, out = Path(src), Path(out)
-    try:
-        reader = GGUFReader(src)
-    except Exception as err:
-        raise EdgedsError(f"{src}: not a readable GGUF file ({err})") from None
-    arch_field = reader.fields.get("general.architecture")
-    if arch_field is None:
+    source = read_file(src, arrays=True)
+    arch = source.metadata.get("general.architecture")
+    if arch is None:
         raise EdgedsError(f"{src}: general.architecture is missing")
-    arch = arch_field.contents()
-    n_layer = int(reader.fields[f"{arch}.block_count"].contents())
+    n_layer = int(source.metadata[f"{arch}.block_count"])
 
     hot, experts = [], []
-    for t in reader.tensors:
-        layer = expert_layer(t.name)
-        (hot if layer is None else experts).append(t)
+    for t in source.tensors:
+        (hot if expert_layer(t.name) is None else experts).append(t)
     if not experts:
         raise EdgedsError(f"{src}: no routed-expert tensors (blk.N.ffn_*_exps); the layout is for MoE models")
     experts.sort(key=lambda t: (expert_layer(t.name), _PART[EXPERT_TENSOR.match(t.name).group(2)]))
     expert_bytes = [0] * n_layer
     for t in experts:
-        expert_bytes[expert_layer(t.name)] += int(t.n_bytes)
-    hot_bytes = sum(int(t.n_bytes) for t in hot)
+        expert_bytes[expert_layer(t.name)] += t.n_bytes
+    hot_bytes = sum(t.n_bytes for t in hot)
 
     tmp = out.with_name(out.name[:-5] + ".partial.gguf" if out.name.endswith(".gguf") else out.name + ".partial")
     writer = GGUFWriter(tmp, arch)
-    for field in reader.fields.values():
-        name = field.name
-        if name.startswith("GGUF.") or name == "general.architecture" or name.startswith("split."):
-            continue
-        if name.startswith("edgeds.layout.") or name == KEY_RECIPE:
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(name, field.contents(), vtype, sub)
-    writer.add_uint32(KEY_VERSION, LAYOUT_VERSION)
+    copy_metadata(source, writer, skip=_written_anew)
+    writer.add_uint32(KEY_LAYOUT_VERSION, LAYOUT_VERSION)
     writer.add_uint64(KEY_HOT_BYTES, hot_bytes)
     writer.add_array(KEY_EXPERT_BYTES, expert_bytes)
     if recipe:
         writer.add_string(KEY_RECIPE, recipe)
 
     for t in hot:
-        writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+        _add_tensor(writer, source, t)
     if split:
         writer.tensors.append({})
     for t in experts:
-        writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+        _add_tensor(writer, source, t)
 
     temps = split_paths(tmp, 2) if split else [tmp]
     finals = split_paths(out, 2) if split else [out]
@@ -115,16 +104,4 @@ def write_layout(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
     finally:
         for t_path in temps:
             t_path.unlink(missing_ok=True)
-    return Layout(hot_bytes, tuple(expert_bytes), tuple(finals))
-
-
-def read_layout(path: str | os.PathLike[str]) -> Layout | None:
-    """The `edgeds.layout.*` record of a file, or None when it has none."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(Path(path))
-    version = reader.fields.get(KEY_VERSION)
-    if version is None:
-        return None
-    return Layout(int(reader.fields[KEY_HOT_BYTES].contents()),
-                  tuple(int(x) for x in reader.fields[KEY_EXPERT_BYTES].contents()), (Path(path),))
+    return tuple(finals)

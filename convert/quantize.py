@@ -1,4 +1,4 @@
-"""Quantize a GGUF with llama.cpp's own quantizer (`llama_model_quantize`), following a recipe.
+"""Quantize a GGUF with llama.cpp's own quantizer (`edgeds.llamacpp.quantizer`), following a recipe.
 
 The recipe's rules go to llama.cpp as `tt_overrides`; its dry run gives each tensor's final type
 and size (llama.cpp logs them), which `plan_quantization` returns before anything is written.
@@ -7,14 +7,18 @@ Output goes to `OUT.partial` and is renamed only when complete.
 
 from __future__ import annotations
 
-import ctypes
+import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeds.convert.recipes import Recipe, FTYPES, GGML_TYPES, get_recipe
 from edgeds.errors import EdgedsError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class QuantizeError(EdgedsError):
@@ -22,7 +26,9 @@ class QuantizeError(EdgedsError):
 
 
 @dataclass(frozen=True)
-class TensorPlan:
+class TensorQuant:
+    """One tensor's type and size before and after, as llama.cpp's dry run plans them."""
+
     name: str
     shape: tuple[int, ...]
     old_type: str
@@ -33,7 +39,7 @@ class TensorPlan:
 @dataclass(frozen=True)
 class QuantPlan:
     recipe: Recipe
-    tensors: tuple[TensorPlan, ...]
+    tensors: tuple[TensorQuant, ...]
 
     @property
     def total_bytes(self) -> int:
@@ -46,38 +52,16 @@ _DRY_LINE = re.compile(
 )
 
 
-def _params(recipe: Recipe, *, dry_run: bool, nthread: int, keep: list):
-    import llama_cpp
+def _run(src: Path, dst: Path, recipe: Recipe, *, dry_run: bool, nthread: int, imatrix=()) -> list[str]:
+    """llama.cpp's quantizer following `recipe`; returns its log."""
+    from edgeds.llamacpp.quantizer import quantize as llama_quantize
 
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPES[recipe.base]
-    params.nthread = nthread
-    params.pure = recipe.pure
-    params.dry_run = dry_run
-    if recipe.rules:
-        arr = (llama_cpp.llama_model_tensor_override * (len(recipe.rules) + 1))()
-        for i, (pattern, ttype) in enumerate(recipe.rules):
-            encoded = pattern.encode()
-            keep.append(encoded)
-            arr[i].pattern = encoded
-            arr[i].type = GGML_TYPES[ttype]
-        arr[len(recipe.rules)].pattern = None
-        keep.append(arr)
-        params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
-    return params
-
-
-def _run(src: Path, dst: Path, params, what: str) -> list[str]:
-    import llama_cpp
-    from edgeds.llamacpp.binding import captured_llama_log
-
-    with captured_llama_log() as log:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if rc != 0:
-        text = "".join(log)
-        reason = re.findall(r"(?:error|ERROR)[^\n]*?:\s*([^\n]+)", text)
-        raise QuantizeError(f"{src}: llama.cpp could not {what} it ({reason[-1].strip() if reason else f'code {rc}'})")
-    return log
+    overrides = [(pattern, GGML_TYPES[ttype]) for pattern, ttype in recipe.rules]
+    try:
+        return llama_quantize(src, dst, FTYPES[recipe.base], overrides=overrides, imatrix=imatrix,
+                              pure=recipe.pure, dry_run=dry_run, nthread=nthread)
+    except EdgedsError as err:
+        raise QuantizeError(str(err)) from None
 
 
 def _check_source(src: Path) -> None:
@@ -98,14 +82,12 @@ def _check_imatrix(recipe: Recipe, imatrix) -> None:
 
 def plan_quantization(src: str | os.PathLike[str], recipe: str | Recipe, *, nthread: int = 0) -> QuantPlan:
     """Each tensor's final type and size, from llama.cpp's own dry run (nothing is written)."""
+    from gguf import GGMLQuantizationType, GGML_QUANT_SIZES
+
     src = Path(src)
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     _check_source(src)
-    keep: list = []
-    params = _params(recipe, dry_run=True, nthread=nthread, keep=keep)
-    log = _run(src, src.with_name(src.name + ".dry-run"), params, "plan")
-    from gguf import GGMLQuantizationType, GGML_QUANT_SIZES
-
+    log = _run(src, src.with_name(src.name + ".dry-run"), recipe, dry_run=True, nthread=nthread)
     tensors = []
     for m in _DRY_LINE.finditer("".join(log)):
         name, shape_text, old, size_mib, new = m.groups()
@@ -114,10 +96,7 @@ def plan_quantization(src: str | os.PathLike[str], recipe: str | Recipe, *, nthr
             shape = shape[:-1]
         new = new or old
         block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[new.upper()]]
-        n = 1
-        for d in shape:
-            n *= d
-        tensors.append(TensorPlan(name, shape, old, new, n // block * type_size))
+        tensors.append(TensorQuant(name, shape, old, new, math.prod(shape) // block * type_size))
     if not tensors:
         raise QuantizeError(f"{src}: llama.cpp's dry run listed no tensors")
     return QuantPlan(recipe, tuple(tensors))
@@ -140,58 +119,43 @@ def quantize(
     _check_imatrix(recipe, imatrix)
     if not dst.parent.is_dir():
         raise QuantizeError(f"{dst}: the folder {dst.parent} does not exist")
-    keep: list = []
-    params = _params(recipe, dry_run=False, nthread=nthread, keep=keep)
-    if imatrix is not None:
-        arr = _imatrix_array(Path(imatrix), keep)
-        params.imatrix = ctypes.cast(arr, type(params.imatrix))
+    entries = _imatrix_entries(Path(imatrix)) if imatrix is not None else ()
     partial = dst.with_name(dst.name + ".partial")
     try:
-        _run(src, partial, params, "quantize")
+        _run(src, partial, recipe, dry_run=False, nthread=nthread, imatrix=entries)
         os.replace(partial, dst)
     finally:
         partial.unlink(missing_ok=True)
     return dst
 
 
-def _imatrix_array(path: Path, keep: list):
-    """A GGUF imatrix (llama-imatrix's `NAME.in_sum2` / `NAME.counts` tensors) as the
-    NULL-terminated `llama_model_imatrix_data` array llama.cpp takes: mean squared activations."""
-    import llama_cpp
+def _imatrix_entries(path: Path) -> list[tuple[str, np.ndarray]]:
+    """A GGUF imatrix (llama-imatrix's `NAME.in_sum2` / `NAME.counts` tensors) as the (NAME, mean
+    squared activations) entries llama.cpp takes."""
     import numpy as np
-    from gguf import GGUFReader
+
+    from edgeds.catalog.gguf import read_file
 
     if not path.is_file():
         raise QuantizeError(f"{path}: no such imatrix file")
     try:
-        reader = GGUFReader(path)
-    except Exception as err:  # gguf raises ValueError/struct errors on foreign files
-        raise QuantizeError(f"{path}: not a GGUF imatrix ({err})") from None
-    tensors = {t.name: t for t in reader.tensors}
+        imatrix = read_file(path)
+    except EdgedsError as err:
+        raise QuantizeError(f"{path}: not a GGUF imatrix ({str(err).removeprefix(f'{path}: ')})") from None
+    names = {t.name for t in imatrix.tensors}
     entries = []
-    for name, t in tensors.items():
-        if not name.endswith(".in_sum2"):
+    for t in imatrix.tensors:
+        if not t.name.endswith(".in_sum2"):
             continue
-        base = name[: -len(".in_sum2")]
-        counts = tensors.get(base + ".counts")
-        if counts is None:
+        base = t.name[: -len(".in_sum2")]
+        if base + ".counts" not in names:
             raise QuantizeError(f"{path}: {base}.counts is missing")
-        sums = np.asarray(t.data, dtype=np.float32).reshape(len(counts.data.reshape(-1)), -1)
-        c = np.asarray(counts.data, dtype=np.float32).reshape(-1, 1)
-        data = np.ascontiguousarray((sums / np.maximum(c, 1.0)).reshape(-1), dtype=np.float32)
-        keep.append(data)
-        entries.append((base.encode(), data))
+        counts = imatrix.f32(base + ".counts").reshape(-1, 1)
+        sums = imatrix.f32(t.name).reshape(len(counts), -1)
+        entries.append((base, (sums / np.maximum(counts, 1.0)).reshape(-1)))
     if not entries:
         raise QuantizeError(f"{path}: no imatrix entries (expected NAME.in_sum2 and NAME.counts tensors)")
-    arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
-    for i, (name, data) in enumerate(entries):
-        keep.append(name)
-        arr[i].name = name
-        arr[i].data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        arr[i].size = data.size
-    arr[len(entries)].name = None
-    keep.append(arr)
-    return arr
+    return entries
 
 
 def quantize_file(
@@ -206,13 +170,13 @@ def quantize_file(
 ) -> tuple[Path, ...]:
     """Quantize, then for MoE files (routed-expert tensors present) rewrite into the expert-offload
     layout with its edgeds.* metadata. Returns the written file(s)."""
-    from edgeds.convert.layout import expert_layer, write_layout
-    from edgeds.catalog.gguf import _read_part
+    from edgeds.catalog.gguf import expert_layer, read_file
+    from edgeds.convert.layout import write_layout
 
     src, out = Path(src), Path(out)
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     _check_source(src)
-    is_moe = any(expert_layer(name) is not None for name, *_ in _read_part(src)[1])
+    is_moe = any(expert_layer(t.name) is not None for t in read_file(src).tensors)
     if split_experts and not is_moe:
         raise QuantizeError(f"{src}: --split-experts needs a MoE model (no blk.N.ffn_*_exps tensors)")
     if layout == "plain" or not is_moe:
@@ -220,6 +184,6 @@ def quantize_file(
     staged = out.with_name(out.name + ".quant.partial")
     try:
         quantize(src, staged, recipe, imatrix=imatrix, nthread=nthread)
-        return write_layout(staged, out, recipe=recipe.name, split=split_experts).files
+        return write_layout(staged, out, recipe=recipe.name, split=split_experts)
     finally:
         staged.unlink(missing_ok=True)

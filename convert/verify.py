@@ -71,44 +71,17 @@ def _first_mismatch(a: list[int], b: list[int]) -> int | None:
 
 def llama_cpp_ids(gguf_path: Path, text: str) -> list[int]:
     """llama.cpp's ids for `text` from the GGUF's vocabulary alone (BOS/EOS as the file says)."""
-    import llama_cpp
+    from edgeds.errors import ModelLoadError
+    from edgeds.llamacpp.binding import LoadOptions, Model
 
-    from edgeds.llamacpp.binding import captured_llama_log
-
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    with captured_llama_log():  # llama.cpp's loader log is not for the terminal
-        model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), params)
-    if not model:
-        raise ConversionError(f"{gguf_path}: llama.cpp cannot load the vocabulary")
     try:
-        vocab = llama_cpp.llama_model_get_vocab(model)
-        raw = text.encode("utf-8")
-        room = len(raw) + 8
-        tokens = (llama_cpp.llama_token * room)()
-        n = llama_cpp.llama_tokenize(vocab, raw, len(raw), tokens, room, True, False)
-        if n < 0:
-            raise ConversionError(f"{gguf_path}: llama.cpp could not tokenize the check text")
-        return list(tokens[:n])
+        model = Model(gguf_path, LoadOptions(vocab_only=True))
+    except ModelLoadError:
+        raise ConversionError(f"{gguf_path}: llama.cpp cannot load the vocabulary") from None
+    try:
+        return model.tokenize(text, add_special=True, parse_special=False)
     finally:
-        llama_cpp.llama_model_free(model)
-
-
-def llama_cpp_logits(gguf_path: Path, ids: list[int], n_threads: int | None = None) -> np.ndarray:
-    """Logits for every position of `ids`, with an F32 KV cache (so only the weights differ)."""
-    import llama_cpp
-
-    from edgeds.llamacpp.binding import captured_llama_log
-
-    with captured_llama_log():  # llama.cpp's loader and context log is not for the terminal
-        llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids)),
-                              logits_all=True, n_threads=n_threads, verbose=False,
-                              type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
-        try:
-            llm.eval(ids)
-            return np.array(llm.scores[: len(ids)], dtype=np.float32)
-        finally:
-            llm.close()
+        model.close()
 
 
 def transformers_logits(folder: Path, ids: list[int]) -> np.ndarray:
@@ -138,6 +111,7 @@ def _have_reference() -> bool:
 def verify(gguf_path: Path, folder: Path, *, n_threads: int | None = None) -> VerifyReport:
     """Compare the converted GGUF with the source checkpoint in `folder` (see the module docstring)."""
     from edgeds.convert.tokenizer import reference_ids
+    from edgeds.llamacpp.logits import all_logits
 
     expected = reference_ids(folder, CHECK_TEXT)
     got = llama_cpp_ids(gguf_path, CHECK_TEXT)
@@ -146,7 +120,7 @@ def verify(gguf_path: Path, folder: Path, *, n_threads: int | None = None) -> Ve
         return VerifyReport(len(expected), mismatch)
     ids = reference_ids(folder, LOGITS_PROMPT)
     reference = transformers_logits(folder, ids)
-    logits = llama_cpp_logits(gguf_path, ids, n_threads)
+    logits = all_logits(gguf_path, ids, n_threads)
     return VerifyReport(
         n_tokens=len(expected),
         first_mismatch=mismatch,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeds.convert.arch._config import need, rope
 from edgeds.convert.plan import TensorPlan, single
 from edgeds.errors import ConversionError
 
@@ -33,24 +34,8 @@ LAYER = {
 }
 
 
-def need(cfg: Mapping[str, Any], key: str) -> Any:
-    value = cfg.get(key)
-    if value is None:
-        raise ConversionError(f"config.json: {key!r} is missing")
-    return value
-
-
 def head_dim(cfg: Mapping[str, Any]) -> int:
     return int(cfg.get("head_dim") or int(need(cfg, "hidden_size")) // int(need(cfg, "num_attention_heads")))
-
-
-def rope(cfg: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None]:
-    """(rope_theta, scaling or None) from the legacy keys or transformers 5's `rope_parameters`."""
-    params = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or params
-    theta = cfg.get("rope_theta", params.get("rope_theta", 10000.0))
-    kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
-    return float(theta), (None if kind == "default" else dict(scaling, type=kind))
 
 
 def skip(cfg: Mapping[str, Any]) -> re.Pattern[str]:

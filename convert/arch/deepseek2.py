@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeds.convert.arch import _config
 from edgeds.convert.plan import TensorPlan, single
 from edgeds.errors import ConversionError
 
@@ -68,10 +69,7 @@ EXPERTS = {  # stacked over `mlp.experts.{e}.` in expert order
 
 
 def _need(cfg: Mapping[str, Any], key: str) -> Any:
-    value = cfg.get(key)
-    if value is None:
-        raise ConversionError(f"config.json: {key!r} is missing (needed for DeepSeek MLA/MoE)")
-    return value
+    return _config.need(cfg, key, "needed for DeepSeek MLA/MoE")
 
 
 def _is_v3(cfg: Mapping[str, Any]) -> bool:
@@ -79,15 +77,6 @@ def _is_v3(cfg: Mapping[str, Any]) -> bool:
     if architectures:
         return architectures[0] == "DeepseekV3ForCausalLM"
     return cfg.get("model_type") == "deepseek_v3"
-
-
-def _rope(cfg: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None]:
-    """(rope_theta, scaling dict or None) from either the legacy keys or transformers 5's rope_parameters."""
-    params = cfg.get("rope_parameters") or {}
-    scaling = cfg.get("rope_scaling") or params
-    theta = cfg.get("rope_theta", params.get("rope_theta", 10000.0))
-    kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
-    return float(theta), (None if kind == "default" else dict(scaling, type=kind))
 
 
 def skip(cfg: Mapping[str, Any]) -> re.Pattern[str]:
@@ -111,7 +100,7 @@ def metadata(cfg: Mapping[str, Any]) -> dict[str, object]:
         gating = cfg.get("scoring_func") or "softmax"
         if gating not in GATING_FUNC:
             raise ConversionError(f"config.json: scoring_func {gating!r} is not one of {', '.join(GATING_FUNC)}")
-    theta, scaling = _rope(cfg)
+    theta, scaling = _config.rope(cfg)
     meta: dict[str, object] = {
         f"{a}.block_count": int(_need(cfg, "num_hidden_layers")),
         f"{a}.context_length": int(_need(cfg, "max_position_embeddings")),

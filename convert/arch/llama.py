@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgeds.convert.arch import _dense
+from edgeds.convert.arch._config import need, rope
 from edgeds.convert.plan import TensorPlan, computed
 
 HF_ARCHITECTURES = ("LlamaForCausalLM",)
@@ -28,7 +29,7 @@ skip = _dense.skip
 
 def metadata(cfg: Mapping[str, Any]) -> dict[str, object]:
     meta = _dense.metadata(GGUF_ARCH, cfg, scalings=("linear", "yarn", "llama3"))
-    meta[f"{GGUF_ARCH}.vocab_size"] = int(_dense.need(cfg, "vocab_size"))
+    meta[f"{GGUF_ARCH}.vocab_size"] = int(need(cfg, "vocab_size"))
     meta[f"{GGUF_ARCH}.rope.dimension_count"] = _dense.head_dim(cfg)
     return meta
 
@@ -42,7 +43,7 @@ def interleave_rope_rows(w: np.ndarray, heads: int) -> np.ndarray:
 def llama3_rope_factors(cfg: Mapping[str, Any]) -> np.ndarray:
     """Divisor of each rotary frequency under Llama 3.1 scaling: 1 for short wavelengths, `factor`
     for long ones, and a smooth blend between `old_ctx/high_freq_factor` and `old_ctx/low_freq_factor`."""
-    theta, scaling = _dense.rope(cfg)
+    theta, scaling = rope(cfg)
     assert scaling is not None
     factor = float(scaling.get("factor", 8.0))
     low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
@@ -57,7 +58,7 @@ def llama3_rope_factors(cfg: Mapping[str, Any]) -> np.ndarray:
 
 
 def plan(cfg: Mapping[str, Any], ckpt) -> list[TensorPlan]:
-    heads = int(_dense.need(cfg, "num_attention_heads"))
+    heads = int(need(cfg, "num_attention_heads"))
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
     transforms = {
         "self_attn.q_proj.weight": partial(interleave_rope_rows, heads=heads),
@@ -65,6 +66,6 @@ def plan(cfg: Mapping[str, Any], ckpt) -> list[TensorPlan]:
         "self_attn.k_proj.weight": partial(interleave_rope_rows, heads=kv_heads),
         "self_attn.k_proj.bias": partial(interleave_rope_rows, heads=kv_heads),
     }
-    _, scaling = _dense.rope(cfg)
+    _, scaling = rope(cfg)
     extra = (computed("rope_freqs.weight", llama3_rope_factors(cfg)),) if scaling and scaling["type"] == "llama3" else ()
     return _dense.plan(cfg, ckpt, TABLE, transforms=transforms, extra=extra)

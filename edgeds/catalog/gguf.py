@@ -22,13 +22,19 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeds.errors import EdgedsError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from gguf import GGUFValueType
 
 _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
 EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)_exps\.")  # a routed expert's weights
 
+MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32  # of the tensor data, unless general.alignment says otherwise
 # GGUFValueType → struct format of the scalar types; 8 is a string, 9 an array
 SCALAR_FORMAT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
                  11: "<q", 12: "<d"}
@@ -94,7 +100,7 @@ class GgufFile:
 
     path: Path
     metadata: dict[str, Any] = field(repr=False)
-    value_types: dict[str, tuple[Any, Any]] = field(repr=False)  # key → (GGUFValueType, item type of an array)
+    value_types: dict[str, tuple[GGUFValueType, GGUFValueType | None]] = field(repr=False)  # (type, array item type)
     tensors: tuple[TensorInfo, ...] = field(repr=False)          # in file order
 
     @cached_property
@@ -105,17 +111,17 @@ class GgufFile:
         return self._by_name[name]
 
     @cached_property
-    def _map(self):
+    def _map(self) -> np.memmap:
         import numpy as np
 
         return np.memmap(self.path, dtype=np.uint8, mode="r")
 
-    def data(self, name: str):
+    def data(self, name: str) -> np.ndarray:
         """A tensor's bytes as a read-only uint8 view of the memory-mapped file."""
         t = self.tensor(name)
         return self._map[t.offset:t.offset + t.n_bytes]
 
-    def f32(self, name: str):
+    def f32(self, name: str) -> np.ndarray:
         """An F32 tensor's values in its shape (a read-only view of the file)."""
         t = self.tensor(name)
         if t.ggml_type != "F32":
@@ -125,6 +131,8 @@ class GgufFile:
 
 @dataclass(frozen=True)
 class GgufInfo:
+    """A model's GGUF, all parts of a split one together: what `edgeds show` and planning need."""
+
     path: Path
     parts: tuple[Path, ...]
     arch: str
@@ -186,14 +194,16 @@ class _Cursor:
 
     def strings(self, count: int, keep: bool) -> list[str]:
         """`count` strings; with `keep` False they are skipped over and the list is empty."""
-        buf, pos, out = self.buf, self.pos, []
+        buf, pos, end, out = self.buf, self.pos, len(self.buf), []
         for _ in range(count):
             n = struct.unpack_from("<Q", buf, pos)[0]  # struct.error past the end: truncated
             pos += 8
+            if n > end - pos:
+                raise EdgedsError(f"{self.path}: truncated GGUF header")
             if keep:
                 out.append(str(buf[pos:pos + n], "utf-8", "replace"))
             pos += n
-        self.skip(pos - self.pos)
+        self.pos = pos
         return out
 
 
@@ -233,8 +243,9 @@ def read_file(path: str | Path, *, arrays: bool = False) -> GgufFile:
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             cur = _Cursor(buf, path)
-            if cur.take("<I") != 0x46554747:
+            if buf[:4] != MAGIC:
                 raise EdgedsError(f"{path}: not a GGUF file (bad magic)")
+            cur.skip(4)
             version = cur.take("<I")
             if version not in (2, 3):
                 raise EdgedsError(f"{path}: unsupported GGUF version {version}")
@@ -259,10 +270,10 @@ def read_file(path: str | Path, *, arrays: bool = False) -> GgufFile:
                 # offset from the start of the data section until that is known
                 table.append(TensorInfo(name, kind.name, n, n // block * type_size, tuple(reversed(dims)),
                                         cur.take("<Q")))
-            align = int(metadata.get("general.alignment", 32))
+            align = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
             data_start = (cur.pos + align - 1) // align * align
             data_end = max((t.offset + t.n_bytes for t in table), default=0)
-            if data_start + data_end > len(buf):
+            if table and data_start + data_end > len(buf):  # (a file without tensors may end unpadded)
                 raise EdgedsError(f"{path}: truncated GGUF file ({len(buf)} bytes, its tensors need "
                                   f"{data_start + data_end})")
     except struct.error:  # an array ran past the end of the file

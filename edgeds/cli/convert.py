@@ -8,8 +8,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # mirrors edgeds.convert.OUTTYPES without importing the converter
+from edgeds.convert import OUTTYPES  # the package's __init__ is light: no numpy, no converter modules
 
 
 @app.command("convert")
@@ -27,7 +26,7 @@ def convert(
                                        "files, the first with every non-expert tensor, the second with the routed experts."),
 ) -> None:
     """Convert a Hugging Face checkpoint (safetensors: BF16, F16, F32 or FP8) to a GGUF file."""
-    from edgeds.convert import convert as run_convert
+    from edgeds.convert import convert as run_convert, convert_and_quantize
     from edgeds.errors import UsageError
 
     if outtype not in OUTTYPES:
@@ -35,18 +34,8 @@ def convert(
     if quant is None:
         if split_experts:
             raise UsageError("--split-experts applies to quantized output: add --quant TYPE|RECIPE")
-        path = run_convert(src, output, outtype, verify=verify, progress=progress, revision=revision)
-        typer.echo(str(path))
+        typer.echo(str(run_convert(src, output, outtype, verify=verify, progress=progress, revision=revision)))
         return
-    from edgeds.convert.quantize import quantize_file
-    from edgeds.convert.recipes import get_recipe
-
-    if get_recipe(quant).needs_imatrix:  # fail before the conversion, not after
-        raise UsageError(f"--quant {quant} needs an importance matrix: convert, then `edgeds quantize --imatrix FILE`")
-    staged = output.with_name(output.name + ".f16.partial")  # never looks like a finished file
-    try:
-        run_convert(src, staged, "f16", verify=verify, progress=progress, revision=revision)
-        for path in quantize_file(staged, output, quant, split_experts=split_experts):
-            typer.echo(str(path))
-    finally:
-        staged.unlink(missing_ok=True)
+    for path in convert_and_quantize(src, output, quant, split_experts=split_experts, verify=verify,
+                                     progress=progress, revision=revision):
+        typer.echo(str(path))

@@ -52,12 +52,14 @@ def sharded(tmp_path, dense_hf):
     return reshard(dense_hf("qwen2"), tmp_path / "sharded", shards=2)
 
 
+@pytest.mark.slow
 def test_missing_shard(sharded, tmp_path, capsys):
     (sharded / "model-00002-of-00002.safetensors").unlink()
     err = _run(sharded, tmp_path / "out.gguf", capsys)
     assert "model-00002-of-00002.safetensors: missing shard (listed in model.safetensors.index.json)" in err
 
 
+@pytest.mark.slow
 def test_index_and_shards_disagree(sharded, tmp_path, capsys):
     index_path = sharded / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
@@ -68,6 +70,7 @@ def test_index_and_shards_disagree(sharded, tmp_path, capsys):
     assert f"holds '{name}', which model.safetensors.index.json puts in model-00002-of-00002.safetensors" in err
 
 
+@pytest.mark.slow
 def test_truncated_safetensors(checkpoint, tmp_path, capsys):
     weights = checkpoint / "model.safetensors"
     _replace(weights, weights.read_bytes()[:-1000])
@@ -75,6 +78,7 @@ def test_truncated_safetensors(checkpoint, tmp_path, capsys):
     assert f"{weights}: truncated safetensors file" in err
 
 
+@pytest.mark.slow
 def test_corrupt_safetensors_header(checkpoint, tmp_path, capsys):
     weights = checkpoint / "model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -84,6 +88,7 @@ def test_corrupt_safetensors_header(checkpoint, tmp_path, capsys):
     assert f"{weights}: corrupt safetensors header" in err
 
 
+@pytest.mark.slow
 def test_unsupported_architecture(checkpoint, tmp_path, capsys):
     config_path = checkpoint / "config.json"
     config = json.loads(config_path.read_text())
@@ -94,12 +99,14 @@ def test_unsupported_architecture(checkpoint, tmp_path, capsys):
            "Qwen3ForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM" in err
 
 
+@pytest.mark.slow
 def test_missing_tokenizer(checkpoint, tmp_path, capsys):
     (checkpoint / "tokenizer.json").unlink()
     err = _run(checkpoint, tmp_path / "out.gguf", capsys)
     assert f"{checkpoint / 'tokenizer.json'}: missing" in err
 
 
+@pytest.mark.slow
 def test_tensor_that_maps_to_no_gguf_name(checkpoint, tmp_path, capsys):
     from safetensors.numpy import load_file, save_file
 
@@ -112,6 +119,7 @@ def test_tensor_that_maps_to_no_gguf_name(checkpoint, tmp_path, capsys):
     assert "tensor 'model.layers.0.mlp.extra_proj.weight' maps to no GGUF tensor" in err
 
 
+@pytest.mark.slow
 def test_not_enough_disk_space(checkpoint, tmp_path, capsys, monkeypatch):
     """The check runs before anything is written, from the planned size (the disk here is not full)."""
     real = shutil.disk_usage
@@ -126,6 +134,7 @@ def test_not_enough_disk_space(checkpoint, tmp_path, capsys, monkeypatch):
     assert "not enough disk space: the GGUF needs" in err and "5.0 MiB free" in err
 
 
+@pytest.mark.slow
 def test_disk_filling_up_while_writing_leaves_nothing(checkpoint, tmp_path, capsys, monkeypatch):
     from edgeds.convert import gguf_writer
 
@@ -148,11 +157,12 @@ def test_missing_source_folder(tmp_path, capsys):
     assert "not a checkpoint folder" in err
 
 
-def test_bad_outtype(checkpoint, tmp_path, capsys):
-    err = _run(checkpoint, tmp_path / "out.gguf", capsys, "--outtype", "q4_k")
+def test_bad_outtype(tmp_path, capsys):
+    err = _run(tmp_path / "model", tmp_path / "out.gguf", capsys, "--outtype", "q4_k")
     assert "--outtype 'q4_k': choose one of f32, f16, bf16, q8_0" in err
 
 
+@pytest.mark.slow
 def test_an_earlier_good_file_survives_a_failed_conversion(checkpoint, tmp_path, capsys):
     out = tmp_path / "out.gguf"
     (checkpoint / "tokenizer.json").unlink()

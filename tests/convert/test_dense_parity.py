@@ -16,11 +16,11 @@ import shutil
 import numpy as np
 import pytest
 
-from edgeds.convert.gguf_reader import read_f32, read_header
-from edgeds.convert.verify import llama_cpp_logits, transformers_logits
+from edgeds.catalog.gguf import read_file
+from edgeds.convert.verify import transformers_logits
+from edgeds.llamacpp.logits import all_logits
 
 torch = pytest.importorskip("torch")
-gguf = pytest.importorskip("gguf")
 
 PROMPT = ("The R1 distills think first: <think>\n17 × 23 = 391\n</think>\n\n391. "
           "你好，世界！ Привет, мир! def f(x): return x**2 🦊 1234567")
@@ -33,26 +33,28 @@ def _ids(folder):
 
 
 def _fields(path) -> dict[str, object]:
-    return read_header(path).metadata
+    return read_file(path, arrays=True).metadata
 
 
 def _tensors(path) -> dict[str, object]:
-    return read_header(path).tensors
+    return {t.name: t for t in read_file(path).tensors}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
 def test_f32_logits_match_transformers(arch, dense_hf, dense_gguf):
     folder = dense_hf(arch)
     ids = _ids(folder)
     assert len(ids) > 30
     expected = transformers_logits(folder, ids)
-    got = llama_cpp_logits(dense_gguf(arch, "f32"), ids, n_threads=2)
+    got = all_logits(dense_gguf(arch, "f32"), ids, n_threads=2)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-2
     assert (got.argmax(-1) == expected.argmax(-1)).all()
     assert expected.std() > 0.5  # logits that spread, so top-1 agreement means something
 
 
+@pytest.mark.slow
 def test_metadata_per_architecture(dense_hf, dense_gguf):
     qwen2 = _fields(dense_gguf("qwen2"))
     assert qwen2["general.architecture"] == "qwen2"
@@ -76,6 +78,7 @@ def test_metadata_per_architecture(dense_hf, dense_gguf):
     assert llama["tokenizer.ggml.pre"] == "llama-bpe"
 
 
+@pytest.mark.slow
 def test_llama3_rope_freqs_are_transformers_own_scaling(dense_hf, dense_gguf):
     """rope_freqs holds the divisor of each frequency: default inv_freq / llama3-scaled inv_freq."""
     from transformers import AutoConfig
@@ -85,12 +88,12 @@ def test_llama3_rope_freqs_are_transformers_own_scaling(dense_hf, dense_gguf):
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
     base = 1.0 / 500000.0 ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16)
     expected = (base / scaled.double()).numpy()
-    path = dense_gguf("llama")
-    got = read_f32(path, _tensors(path)["rope_freqs.weight"]).astype(np.float64)
+    got = read_file(dense_gguf("llama")).f32("rope_freqs.weight").astype(np.float64)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert got[0] == 1.0 and got[-1] == 8.0 and 1.0 < got[1] < 8.0  # unscaled, scaled and blended bands
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_converts_to_the_same_bytes(tmp_path, dense_hf, dense_gguf):
     from edgeds.convert import convert
     from tests.tiny_checkpoints import reshard
@@ -109,12 +112,13 @@ def test_sharded_checkpoint_converts_to_the_same_bytes(tmp_path, dense_hf, dense
 
 # outtype → (ggml type of the matrices, max abs logit diff allowed, top-1 agreement required)
 OUTTYPES = {
-    "f16": (gguf.GGMLQuantizationType.F16, 0.02, 1.0),
-    "bf16": (gguf.GGMLQuantizationType.BF16, 0.15, 0.95),
-    "q8_0": (gguf.GGMLQuantizationType.Q8_0, 0.3, 0.9),
+    "f16": ("F16", 0.02, 1.0),
+    "bf16": ("BF16", 0.15, 0.95),
+    "q8_0": ("Q8_0", 0.3, 0.9),
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outtype", list(OUTTYPES))
 def test_smaller_outtypes_load_and_stay_close(outtype, dense_hf, dense_gguf):
     ggml_type, tolerance, agreement = OUTTYPES[outtype]
@@ -122,20 +126,21 @@ def test_smaller_outtypes_load_and_stay_close(outtype, dense_hf, dense_gguf):
     tensors = _tensors(path)
     assert tensors["blk.0.attn_q.weight"].ggml_type == ggml_type
     assert tensors["token_embd.weight"].ggml_type == ggml_type
-    assert tensors["blk.0.attn_norm.weight"].ggml_type == gguf.GGMLQuantizationType.F32
-    assert tensors["blk.0.attn_q.bias"].ggml_type == gguf.GGMLQuantizationType.F32
+    assert tensors["blk.0.attn_norm.weight"].ggml_type == "F32"
+    assert tensors["blk.0.attn_q.bias"].ggml_type == "F32"
     f32_size = dense_gguf("qwen2", "f32").stat().st_size
     assert path.stat().st_size < f32_size * (0.6 if outtype != "q8_0" else 0.35)
 
     folder = dense_hf("qwen2")
     ids = _ids(folder)
     expected = transformers_logits(folder, ids)
-    got = llama_cpp_logits(path, ids, n_threads=2)
+    got = all_logits(path, ids, n_threads=2)
     diff = np.abs(got - expected).max()
     assert 0 < diff < tolerance  # not bit-exact (the weights were rounded), but close
     assert (got.argmax(-1) == expected.argmax(-1)).mean() >= agreement
 
 
+@pytest.mark.slow
 def test_cli_verify_reports_agreement(tmp_path, dense_hf, capsys):
     from edgeds.cli import main
 
@@ -164,12 +169,12 @@ def test_bf16_bits_go_to_f16_exactly_as_a_float32_cast_would():
     assert np.array_equal(direct[~nan].view(np.uint16), via_f32[~nan].view(np.uint16))  # ±0, subnormals, inf too
 
 
+@pytest.mark.slow
 def test_bf16_checkpoint_to_f16_equals_its_float32_conversion_cast(tmp_path, dense_hf):
     """A BF16 source (as real R1 distills ship) streams its stored bits to F16 without float32."""
     from safetensors.torch import load_file, save_file
 
     from edgeds.convert import convert
-    from edgeds.convert.gguf_reader import read_header
 
     folder = shutil.copytree(dense_hf("qwen2"), tmp_path / "bf16")
     weights = folder / "model.safetensors"
@@ -178,19 +183,19 @@ def test_bf16_checkpoint_to_f16_equals_its_float32_conversion_cast(tmp_path, den
     save_file(tensors, str(weights), metadata={"format": "pt"})
     f16 = convert(folder, tmp_path / "f16.gguf", "f16", progress=False)
     f32 = convert(folder, tmp_path / "f32.gguf", "f32", progress=False)
-    h16, h32 = read_header(f16), read_header(f32)
+    h16, h32 = read_file(f16), read_file(f32)
     checked = 0
-    for name, entry in h16.tensors.items():
-        if entry.ggml_type != 1:  # F16 matrices only; norms and biases are F32 in both
+    for t in h16.tensors:
+        if t.ggml_type != "F16":  # F16 matrices only; norms and biases are F32 in both
             continue
-        count = int(np.prod(entry.shape))
-        got = np.fromfile(f16, dtype="<f2", count=count, offset=entry.offset)
-        want = read_f32(f32, h32.tensors[name]).reshape(-1).astype(np.float16)
-        assert np.array_equal(got.view(np.uint16), want.view(np.uint16)), name
+        got = h16.data(t.name).view("<f2")
+        want = h32.f32(t.name).reshape(-1).astype(np.float16)
+        assert np.array_equal(got.view(np.uint16), want.view(np.uint16)), t.name
         checked += 1
     assert checked == 2 * 7 + 2  # 7 matrices per block, embedding and output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outtype", ["f32", "q8_0"])
 def test_tensor_data_streams_in_bounded_pieces(outtype, tmp_path, dense_hf):
     """Writing holds a few cache-sized pieces at a time, never a whole tensor (the embedding here is 37 MiB)."""

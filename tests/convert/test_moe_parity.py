@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeds.catalog.gguf import read_file
 from edgeds.convert.fp8 import E4M3_TO_F32, dequantize
+from edgeds.convert.verify import transformers_logits
 from edgeds.errors import ConversionError
+from edgeds.llamacpp.logits import all_logits
 
 torch = pytest.importorskip("torch")
 
@@ -244,28 +247,6 @@ def converted_moe(moe_source, tmp_path_factory):
     return _get
 
 
-def _transformers_logits(folder, ids):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].numpy()
-
-
-def _llama_cpp_logits(path, ids):
-    llama_cpp = pytest.importorskip("llama_cpp")
-    # F32 KV cache: the comparison is about the converted weights, not llama.cpp's F16 cache
-    llm = llama_cpp.Llama(
-        model_path=str(path), n_ctx=128, n_batch=128, logits_all=True, n_threads=2, verbose=False,
-        type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
-    )
-    llm.eval(ids)
-    logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
-    metadata = dict(llm.metadata)
-    llm.close()
-    return logits, metadata
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_llama_cpp_logits_match_transformers(case, converted_moe):
@@ -274,67 +255,20 @@ def test_llama_cpp_logits_match_transformers(case, converted_moe):
     source, reference, gguf_path = converted_moe(case)
     ids = reference_ids(source, PROMPT)
     assert ids[0] == 0 and len(ids) > 20  # DeepSeek-V3 tokenizer, with its BOS
-    expected = _transformers_logits(reference, ids)
-    got, metadata = _llama_cpp_logits(gguf_path, ids)
+    expected = transformers_logits(reference, ids)
+    got = all_logits(gguf_path, ids, n_threads=2)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-2
     assert (got.argmax(-1) == expected.argmax(-1)).all()
     assert expected.std() > 0.5  # logits that spread, so top-1 agreement means something
-    gating = "1" if case.startswith("v2") else "2"  # sigmoid for every V3, config or not
-    assert metadata["deepseek2.expert_gating_func"] == gating
+    gating = 1 if case.startswith("v2") else 2  # sigmoid for every V3, config or not
+    assert read_file(gguf_path).metadata["deepseek2.expert_gating_func"] == gating
 
 
-_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value types
-
-
-def _gguf_tensor_names(path: Path) -> list[str]:
-    """Tensor names in file order, from the GGUF header (gguf-py's reader is slow on 129k-token vocabularies)."""
-    import struct
-
-    data = path.read_bytes()[: 64 << 20]
-    pos = 8
-
-    def take(fmt: str):
-        nonlocal pos
-        values = struct.unpack_from(fmt, data, pos)
-        pos += struct.calcsize(fmt)
-        return values
-
-    def skip_string() -> str:
-        nonlocal pos
-        (n,) = take("<Q")
-        pos += n
-        return data[pos - n : pos].decode("utf-8")
-
-    def skip_value(vtype: int) -> None:
-        nonlocal pos
-        if vtype == 8:
-            skip_string()
-        elif vtype == 9:
-            item, count = take("<IQ")
-            if item in (8, 9):
-                for _ in range(count):
-                    skip_value(item)
-            else:
-                pos += _SCALAR_BYTES[item] * count
-        else:
-            pos += _SCALAR_BYTES[vtype]
-
-    n_tensors, n_kv = take("<QQ")
-    for _ in range(n_kv):
-        skip_string()
-        skip_value(take("<I")[0])
-    names = []
-    for _ in range(n_tensors):
-        names.append(skip_string())
-        (dims,) = take("<I")
-        pos += 8 * dims + 4 + 8
-    return names
-
-
+@pytest.mark.slow
 def test_file_layout_hot_first_experts_last_no_mtp(converted_moe):
     _, _, gguf_path = converted_moe("v3")
-    names = _gguf_tensor_names(gguf_path)
+    names = [t.name for t in read_file(gguf_path).tensors]
     assert len(names) == 52
     first_expert = min(i for i, n in enumerate(names) if n.endswith("_exps.weight"))
     assert all(n.endswith("_exps.weight") for n in names[first_expert:])
@@ -350,6 +284,7 @@ def _checkpoint(folder):
     return Checkpoint(folder)
 
 
+@pytest.mark.slow
 def test_routed_experts_are_produced_one_expert_at_a_time(moe_source):
     source, _ = moe_source("v3")
     ckpt = _checkpoint(source)
@@ -367,6 +302,7 @@ def test_routed_experts_are_produced_one_expert_at_a_time(moe_source):
     assert not plans["blk.1.attn_q_b.weight"].keep_f32
 
 
+@pytest.mark.slow
 def test_a_missing_expert_is_named(moe_source, tmp_path):
     import shutil
 

@@ -7,16 +7,17 @@ import re
 
 import pytest
 
-from edgeds.convert.layout import KEY_EXPERT_BYTES, KEY_HOT_BYTES, KEY_RECIPE, KEY_VERSION, expert_layer, write_layout
+from edgeds.catalog.gguf import Layout, expert_layer, read_file, read_gguf
+from edgeds.convert.layout import write_layout
 from edgeds.convert.quantize import QuantizeError, plan_quantization, quantize
 from edgeds.convert.recipes import RECIPES
 
+pytestmark = pytest.mark.slow  # every test quantizes the tiny MoE built with transformers
+
 
 def tensor_types(path):
-    from gguf import GGUFReader
-
-    return {t.name: (t.tensor_type.name.lower(), [int(d) for d in t.shape], int(t.n_bytes))
-            for t in GGUFReader(path).tensors}
+    """name → (ggml type, dimensions in the file's order, bytes)."""
+    return {t.name: (t.ggml_type.lower(), list(reversed(t.shape)), t.n_bytes) for t in read_file(path).tensors}
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,7 @@ def plain_q2(moe_f16, tmp_path_factory):
 @pytest.fixture(scope="module")
 def laid_out(plain_q2):
     out = plain_q2.with_name("moe-q2.gguf")
-    layout = write_layout(plain_q2, out, recipe="moe-q2")
-    assert layout.files == (out,)
+    assert write_layout(plain_q2, out, recipe="moe-q2") == (out,)
     return out
 
 
@@ -64,24 +64,20 @@ def test_dynamic_recipe_is_smaller_than_q4_k_m_and_refuses_nothing(moe_f16):
 
 
 def test_layout_order_and_metadata(laid_out):
-    from gguf import GGUFReader
-
-    reader = GGUFReader(laid_out)
-    names = [t.name for t in reader.tensors]
+    info = read_gguf(laid_out)
+    names = [t.name for t in info.tensors]
     first_expert = next(i for i, n in enumerate(names) if expert_layer(n) is not None)
     assert all(expert_layer(n) is None for n in names[:first_expert])
     experts = names[first_expert:]
     assert all(expert_layer(n) is not None for n in experts)
     assert experts == sorted(experts, key=lambda n: (expert_layer(n), ["gate", "up", "down"].index(n.split("_")[1])))
-    assert reader.fields[KEY_VERSION].contents() == 1
-    assert reader.fields[KEY_RECIPE].contents() == "moe-q2"
+    assert info.metadata["edgeds.layout.version"] == 1
     by_layer = [0] * 3
-    for t in reader.tensors:
+    for t in info.tensors:
         if expert_layer(t.name) is not None:
-            by_layer[expert_layer(t.name)] += int(t.n_bytes)
-    assert list(reader.fields[KEY_EXPERT_BYTES].contents()) == by_layer and by_layer[0] == 0 < by_layer[1]
-    hot = sum(int(t.n_bytes) for t in reader.tensors if expert_layer(t.name) is None)
-    assert reader.fields[KEY_HOT_BYTES].contents() == hot
+            by_layer[expert_layer(t.name)] += t.n_bytes
+    hot = sum(t.n_bytes for t in info.tensors if expert_layer(t.name) is None)
+    assert info.layout == Layout(hot, tuple(by_layer), "moe-q2") and by_layer[0] == 0 < by_layer[1]
 
 
 def _generate(path) -> str:
@@ -95,7 +91,7 @@ def _generate(path) -> str:
 
 def test_layout_and_split_files_load_in_stock_llama_cpp(laid_out, plain_q2, tmp_path):
     plain = plain_q2
-    split = write_layout(plain_q2, tmp_path / "split.gguf", recipe="moe-q2", split=True).files
+    split = write_layout(plain_q2, tmp_path / "split.gguf", recipe="moe-q2", split=True)
     assert [p.name for p in split] == ["split-00001-of-00002.gguf", "split-00002-of-00002.gguf"]
     assert all(expert_layer(n) is not None for n in tensor_types(split[1]))
     assert all(expert_layer(n) is None for n in tensor_types(split[0]))

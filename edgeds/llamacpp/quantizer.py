@@ -1,0 +1,89 @@
+"""llama.cpp's quantizer (`llama_model_quantize`): its parameters, per-tensor type overrides and
+importance matrix as the C structs it takes, and its log."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from collections.abc import Sequence
+
+import llama_cpp
+import numpy as np
+
+from edgeds.errors import EdgedsError
+from edgeds.llamacpp.backend import captured_llama_log
+
+
+def quantize(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    ftype: int,
+    *,
+    overrides: Sequence[tuple[str, int]] = (),
+    imatrix: Sequence[tuple[str, np.ndarray]] = (),
+    pure: bool = False,
+    dry_run: bool = False,
+    nthread: int = 0,
+) -> list[str]:
+    """Quantize GGUF `src` into `dst` as llama.cpp file type `ftype` (enum llama_ftype).
+
+    Args:
+        overrides: (tensor name regex, ggml type) rules; the first match wins (`tt_overrides`).
+        imatrix: (tensor name, float32 values) importance entries.
+        pure: no mixture: every tensor gets the file type's own type unless overridden.
+        dry_run: write nothing; llama.cpp logs each tensor's type and size instead.
+        nthread: threads, 0 for llama.cpp's choice.
+
+    Returns:
+        llama.cpp's log messages written meanwhile.
+
+    Raises:
+        EdgedsError: llama.cpp failed; the message names `src` and llama.cpp's reason.
+    """
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = nthread
+    params.pure = pure
+    params.dry_run = dry_run
+    keep: list = []  # what the structs point to, alive until llama.cpp returns
+    if overrides:
+        params.tt_overrides = ctypes.cast(_overrides(overrides, keep),
+                                          ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+    if imatrix:
+        params.imatrix = ctypes.cast(_imatrix(imatrix, keep), type(params.imatrix))
+    with captured_llama_log() as log:
+        rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
+    if rc != 0:
+        reason = re.findall(r"(?:error|ERROR)[^\n]*?:\s*([^\n]+)", "".join(log))
+        what = "plan" if dry_run else "quantize"
+        raise EdgedsError(f"{src}: llama.cpp could not {what} it ({reason[-1].strip() if reason else f'code {rc}'})")
+    return log
+
+
+def _overrides(rules: Sequence[tuple[str, int]], keep: list):
+    """The NULL-terminated `llama_model_tensor_override` array."""
+    arr = (llama_cpp.llama_model_tensor_override * (len(rules) + 1))()
+    for i, (pattern, ggml_type) in enumerate(rules):
+        encoded = pattern.encode()
+        keep.append(encoded)
+        arr[i].pattern = encoded
+        arr[i].type = ggml_type
+    arr[len(rules)].pattern = None
+    keep.append(arr)
+    return arr
+
+
+def _imatrix(entries: Sequence[tuple[str, np.ndarray]], keep: list):
+    """The NULL-terminated `llama_model_imatrix_data` array."""
+    arr = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
+    for i, (name, values) in enumerate(entries):
+        encoded = name.encode()
+        data = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+        keep += (encoded, data)
+        arr[i].name = encoded
+        arr[i].data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[i].size = data.size
+    arr[len(entries)].name = None
+    keep.append(arr)
+    return arr
