@@ -286,6 +286,7 @@ async def test_switch_model_from_a_file_and_a_bad_id(smollm2_path, store):
 LONG = GenerationParams(max_tokens=200, temperature=0.0)
 
 
+@pytest.mark.slow
 async def test_view_follows_the_reply_until_the_user_scrolls_up(smol, store):
     app = ChatApp(engine=smol, params=LONG, store=store)
     async with app.run_test(size=(80, 16)) as pilot:

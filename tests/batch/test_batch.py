@@ -83,6 +83,7 @@ def test_rows_in_input_order_with_per_row_errors(smollm2_path, tmp_path, capsys)
     assert not out.with_name("out.jsonl.pending").exists()
 
 
+@pytest.mark.slow
 def test_same_seed_same_rows_whatever_parallel(smol_engine, tmp_path):
     rows = [{"id": i, "prompt": f"Write a sentence about {t}.", "max_tokens": 24} for i, t in enumerate(TOPICS)]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
@@ -98,6 +99,7 @@ def test_same_seed_same_rows_whatever_parallel(smol_engine, tmp_path):
     assert results[1] == results[4]  # sampled at the default temperature 0.6, same seed
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(smollm2_path, tmp_path):
     rows = [{"id": f"r{i}", "prompt": f"Write a long story about {TOPICS[i % len(TOPICS)]} number {i}.",
              "max_tokens": 24} for i in range(24)]
