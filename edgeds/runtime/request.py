@@ -75,7 +75,8 @@ def check_sampling(data: Mapping[str, Any], key: str) -> int | float | None:
     kind, lo, hi = SAMPLING_FIELDS[key]
     types = (int,) if kind == "integer" else (int, float)
     if isinstance(value, bool) or not isinstance(value, types):
-        raise RequestError(key, f"'{key}' must be an {kind}" if kind == "integer" else f"'{key}' must be a {kind}")
+        article = "an" if kind == "integer" else "a"
+        raise RequestError(key, f"key '{key}' must be {article} {kind}, not {type_name(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise RequestError(key, f"'{key}' must be a finite number")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
