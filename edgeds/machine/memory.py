@@ -43,13 +43,15 @@ class Geometry:
     qk_rope_head_dim: int | None = None
     n_experts: int = 0
     n_ctx_train: int = 0
+    n_head: int = 0          # query heads (attention cost grows with them)
+    n_experts_used: int = 0  # routed experts each token reads (top-k)
 
     @classmethod
     def from_shape(cls, shape, context_length: int = 0) -> "Geometry":
         """From a registry `Shape`."""
         return cls(shape.n_layers, shape.n_embd, shape.n_vocab, shape.n_head_kv, shape.head_dim,
                    shape.head_dim_v or shape.head_dim, shape.kv_lora_rank, shape.qk_rope_head_dim,
-                   shape.n_experts, context_length)
+                   shape.n_experts, context_length, shape.n_head, shape.n_experts_used)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], *, n_vocab: int | None = None) -> "Geometry":
@@ -79,6 +81,8 @@ class Geometry:
             qk_rope_head_dim=get("rope.dimension_count") if kv_lora else None,
             n_experts=get("expert_count"),
             n_ctx_train=get("context_length"),
+            n_head=n_head,
+            n_experts_used=get("expert_used_count"),
         )
 
     def kv_bytes_per_token(self) -> int:
