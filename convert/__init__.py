@@ -52,6 +52,11 @@ def resolve_source(src: str | os.PathLike[str], *, revision: str | None = None) 
                               f"{str(err).splitlines()[0] if str(err) else 'no detail'}); pass a local folder instead") from None
 
 
+def source_files(folder: Path) -> list[Path]:
+    """The files of a checkpoint folder the converter reads (DOWNLOAD_PATTERNS)."""
+    return [p for pattern in DOWNLOAD_PATTERNS for p in folder.glob(pattern)]
+
+
 def _general(folder: Path, cfg: Mapping[str, Any], arch: str, file_type: int) -> dict[str, object]:
     name = str(cfg.get("_name_or_path") or folder.name).rstrip("/").split("/")[-1] or folder.name
     return {
@@ -68,6 +73,7 @@ def prepare(folder: Path, outtype: str, extra_metadata: Mapping[str, object] | N
     from edgeds.convert import gguf_writer as gw
     from edgeds.convert.arch import module_for
     from edgeds.convert.checkpoint import Checkpoint
+    from edgeds.convert.plan import check_shapes
     from edgeds.convert.tokenizer import vocab_metadata
 
     if outtype not in OUTTYPES:
@@ -78,6 +84,7 @@ def prepare(folder: Path, outtype: str, extra_metadata: Mapping[str, object] | N
     arch_meta = module.metadata(cfg)
     plans = module.plan(cfg, ckpt)
     _check_coverage(ckpt, plans, _skip_pattern(module, cfg))
+    check_shapes(plans, *module.shapes(cfg), where=str(folder / "config.json"))
     vocab = vocab_metadata(folder, cfg.get("vocab_size"))
 
     ttype, file_type = gw.OUTTYPES[outtype]
@@ -155,13 +162,15 @@ def convert(
     Raises:
         ConversionError: anything wrong with the input or the disk; no OUT or OUT.partial is left.
     """
+    from edgeds.convert.outputs import check_output, partial
+
     out = Path(out).expanduser()
-    partial_path = out.with_name(out.name + ".partial")
-    if not out.parent.is_dir():
-        raise ConversionError(f"{out}: the folder {out.parent} does not exist")
+    partial_path = partial(out)
+    check_output(out, error=ConversionError)
     if outtype not in OUTTYPES:
         raise ConversionError(f"outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
     folder = resolve_source(src, revision=revision)
+    check_output(out, source_files(folder), error=ConversionError)
     ckpt, plans, writer = prepare(folder, outtype, extra_metadata)
     _check_disk(out, writer.total_size)
     _write(ckpt, plans, writer, partial_path, progress)
@@ -195,18 +204,22 @@ def convert_and_quantize(
         UsageError: `quant` needs an importance matrix (found before anything is converted).
         ConversionError, QuantizeError: as `convert` and `quantize.quantize_file`.
     """
+    from edgeds.convert.outputs import check_output, discard
     from edgeds.convert.quantize import quantize_file
     from edgeds.convert.recipes import get_recipe
 
-    out = Path(out)
+    out = Path(out).expanduser()
     if get_recipe(quant).needs_imatrix:
         raise UsageError(f"--quant {quant} needs an importance matrix: convert, then `edgeds quantize --imatrix FILE`")
+    check_output(out, error=ConversionError)
+    folder = resolve_source(src, revision=revision)
+    check_output(out, source_files(folder), error=ConversionError)
     staged = out.with_name(out.name + ".f16.partial")  # never looks like a finished file
     try:
-        convert(src, staged, "f16", verify=verify, progress=progress, revision=revision, log=log)
+        convert(folder, staged, "f16", verify=verify, progress=progress, log=log)
         return quantize_file(staged, out, quant, split_experts=split_experts)
     finally:
-        staged.unlink(missing_ok=True)
+        discard(staged)
 
 
 def _pieces(ckpt, plan, ttype):
@@ -222,13 +235,15 @@ def _pieces(ckpt, plan, ttype):
 def _write(ckpt, plans, writer, partial_path: Path, progress: bool) -> None:
     from tqdm import tqdm
 
+    from edgeds.convert.outputs import discard
+
     bar = tqdm(total=sum(t.nbytes for t in writer.tensors), unit="B", unit_scale=True, unit_divisor=1024,
                desc="converting", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     try:
         try:
             writer.open(partial_path)
         except OSError as err:
-            raise ConversionError(f"{partial_path}: cannot create ({err.strerror})") from None
+            raise ConversionError(f"{partial_path}: cannot create ({err.strerror or err})") from None
         infos = writer.tensors
         for i, (p, info) in enumerate(zip(plans, infos), start=1):
             bar.set_postfix_str(f"tensor {i}/{len(plans)}", refresh=False)
@@ -240,8 +255,11 @@ def _write(ckpt, plans, writer, partial_path: Path, progress: bool) -> None:
                 raise ConversionError(f"{partial_path}: write failed ({err.strerror or err})") from None
         writer.close()
     except BaseException:
-        writer.close()
-        partial_path.unlink(missing_ok=True)
+        try:
+            writer.close()
+        except OSError:
+            pass  # the error being raised says more
+        discard(partial_path)
         raise
     finally:
         bar.close()

@@ -5,14 +5,17 @@ Only the JSON headers are parsed up front; tensor bytes are read with positioned
 converted, and no shard is mapped or loaded whole. Page-cache pages of a memory map would
 count toward the process's resident size; plain reads do not.
 
-Checked before any data is read: config.json exists and parses; every shard the index names
-exists; the index and the shards agree tensor by tensor; each header parses, its offsets fit
-the file (a truncated download fails here) and match dtype × shape.
+Checked before any data is read: config.json exists and parses into an object; every shard the
+index names is a file inside the checkpoint (never `..`, an absolute path or a link out of it)
+and exists; the index and the shards agree tensor by tensor; each header parses, every field has
+its JSON type (dtype a known string, shape non-negative integers, two integer offsets), and its
+offsets fit the file (a truncated download fails here) and match dtype × shape.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeds.convert.arch._config import checked_config
 from edgeds.errors import ConversionError
 
 INDEX = "model.safetensors.index.json"
@@ -49,6 +53,54 @@ class TensorEntry:
     shape: tuple[int, ...]
 
 
+def load_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from `path`; anything else (unreadable, not UTF-8, not JSON, nested past
+    Python's recursion limit, not an object) is a ConversionError naming the file."""
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as err:
+        raise ConversionError(f"{path}: cannot read ({err.strerror or err})") from None
+    except ValueError as err:  # bad JSON or bad UTF-8
+        raise ConversionError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ConversionError(f"{path}: not valid JSON (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path}: {what} must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _entry(path: Path, name: str, info: Any, base: int, size: int) -> TensorEntry:
+    """One header entry, every field checked for its JSON type and against the file's size."""
+    def corrupt(why: str) -> ConversionError:
+        return ConversionError(f"{path}: corrupt safetensors header entry for {name!r} ({why})")
+
+    if not isinstance(info, dict):
+        raise corrupt("not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise corrupt(f"dtype {dtype!r} is not a string")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise corrupt(f"shape {shape!r} is not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise corrupt(f"data_offsets {offsets!r} is not [begin, end] with 0 <= begin <= end")
+    if dtype not in DTYPES:
+        raise ConversionError(f"{path}: tensor {name!r} has dtype {dtype}; supported: {', '.join(DTYPES)}")
+    begin, end = offsets
+    expected = DTYPES[dtype][0] * math.prod(shape)
+    if end - begin != expected:
+        raise ConversionError(f"{path}: corrupt safetensors header: {name!r} spans {end - begin} bytes, "
+                              f"{dtype}{shape} needs {expected}")
+    if base + end > size:
+        raise ConversionError(f"{path}: truncated safetensors file: {name!r} ends at byte {base + end}, "
+                              f"the file has {size}")
+    return TensorEntry(path, base + begin, expected, dtype, tuple(shape))
+
+
 def _parse_header(path: Path) -> dict[str, TensorEntry]:
     try:
         size = path.stat().st_size
@@ -66,28 +118,30 @@ def _parse_header(path: Path) -> dict[str, TensorEntry]:
         header = json.loads(raw)
         if not isinstance(header, dict):
             raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError) as err:
+    except ValueError as err:  # bad JSON or bad UTF-8
         raise ConversionError(f"{path}: corrupt safetensors header ({err})") from None
+    except RecursionError:
+        raise ConversionError(f"{path}: corrupt safetensors header (nested too deeply)") from None
     base = 8 + length
-    entries: dict[str, TensorEntry] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise ConversionError(f"{path}: corrupt safetensors header entry for {name!r}") from None
-        if dtype not in DTYPES:
-            raise ConversionError(f"{path}: tensor {name!r} has dtype {dtype}; supported: {', '.join(DTYPES)}")
-        expected = DTYPES[dtype][0] * int(np.prod(shape, dtype=np.int64))
-        if end - begin != expected or begin < 0:
-            raise ConversionError(f"{path}: corrupt safetensors header: {name!r} spans {end - begin} bytes, "
-                                  f"{dtype}{list(shape)} needs {expected}")
-        if base + end > size:
-            raise ConversionError(f"{path}: truncated safetensors file: {name!r} ends at byte {base + end}, "
-                                  f"the file has {size}")
-        entries[name] = TensorEntry(path, base + begin, expected, dtype, shape)
-    return entries
+    return {name: _entry(path, name, info, base, size) for name, info in header.items() if name != "__metadata__"}
+
+
+def inside(folder: Path, name: Any) -> Path | None:
+    """`folder / name` when `name` is a relative path that stays in the checkpoint, else None.
+
+    A link may lead out of the folder only into the hub cache's blob store of the same repository:
+    a hub snapshot (`…/models--OWNER--NAME/snapshots/REV/`) holds links to `../../blobs/`.
+    """
+    if not isinstance(name, str) or not name or "\\" in name:
+        return None
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        return None
+    root = folder.resolve()
+    if root.parent.name == "snapshots":
+        root = root.parent.parent
+    target = (folder / relative).resolve()
+    return folder / relative if target.is_relative_to(root) else None
 
 
 def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -110,25 +164,28 @@ class Checkpoint:
         cfg_path = self.folder / "config.json"
         if not cfg_path.is_file():
             raise ConversionError(f"{cfg_path}: missing; a Hugging Face checkpoint folder needs its config.json")
-        try:
-            self.config: dict[str, Any] = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as err:
-            raise ConversionError(f"{cfg_path}: not valid JSON ({err})") from None
+        self.config: dict[str, Any] = checked_config(load_json(cfg_path, "the config"), cfg_path)
+        self.files: list[Path] = [cfg_path]  # every file the conversion reads besides the tokenizer's
         self._entries = self._load_entries()
         self._scales = {n for n in self._entries if n.endswith(SCALE_SUFFIX)}
         self.names = [n for n in self._entries if n not in self._scales]
-        block = (self.config.get("quantization_config") or {}).get("weight_block_size") or (128, 128)
+        block = self.config.get("quantization_config", {}).get("weight_block_size", (128, 128))
+        if len(block) != 2:
+            raise ConversionError(f"{cfg_path}: quantization_config.weight_block_size is {block!r}; "
+                                  "it must be [rows, columns]")
         self._fp8_block = (int(block[0]), int(block[1]))
 
     def _load_entries(self) -> dict[str, TensorEntry]:
         index_path = self.folder / INDEX
         if index_path.is_file():
-            try:
-                weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-                if not isinstance(weight_map, dict):
-                    raise TypeError
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                raise ConversionError(f"{index_path}: not a safetensors index (no weight_map object)") from None
+            weight_map = load_json(index_path, "a safetensors index").get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ConversionError(f"{index_path}: not a safetensors index (no weight_map object)")
+            for name, file in weight_map.items():
+                if inside(self.folder, file) is None:
+                    raise ConversionError(f"{index_path}: weight_map puts {name!r} in {file!r}, which is not "
+                                          "a file name inside the checkpoint folder")
+            self.files.append(index_path)
             files = sorted(set(weight_map.values()))
             missing = [f for f in files if not (self.folder / f).is_file()]
             if missing:
@@ -139,8 +196,12 @@ class Checkpoint:
             weight_map = None
             if not files:
                 raise ConversionError(f"{self.folder}: no *.safetensors files (and no {INDEX})")
+            outside = [f for f in files if inside(self.folder, f) is None]
+            if outside:
+                raise ConversionError(f"{self.folder / outside[0]}: a link out of the checkpoint folder")
         entries: dict[str, TensorEntry] = {}
         for file in files:
+            self.files.append(self.folder / file)
             for name, entry in _parse_header(self.folder / file).items():
                 if name in entries:
                     raise ConversionError(f"{self.folder / file}: tensor {name!r} also in {entries[name].file.name}")

@@ -272,6 +272,7 @@ class GGUFWriter:
         return written
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Close the file (again: a no-op, even after a close that failed)."""
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeds.catalog.gguf import (EXPERT_TENSOR, KEY_EXPERT_BYTES, KEY_HOT_BYTES, KEY_LAYOUT_VERSION, KEY_RECIPE,
-                                 GgufFile, TensorInfo, expert_layer, read_file, split_paths)
+                                 GgufFile, TensorInfo, check_model, expert_layer, read_file, split_paths)
+from edgeds.convert.outputs import discard, partial
 from edgeds.errors import EdgedsError
 
 LAYOUT_VERSION = 1
@@ -51,17 +52,27 @@ def _written_anew(key: str) -> bool:
     return key.startswith(("split.", "edgeds.layout.")) or key == KEY_RECIPE
 
 
+def _writer(paths: list[Path], arch: str):
+    """gguf-py's GGUFWriter writing its file(s) to `paths` (it would name split files itself)."""
+    from gguf import GGUFWriter
+
+    class Writer(GGUFWriter):
+        def format_shard_names(self, path: Path) -> list[Path]:
+            return paths
+
+    return Writer(paths[0], arch)
+
+
 def write_layout(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
                  recipe: str | None = None, split: bool = False) -> tuple[Path, ...]:
     """Rewrite GGUF `src` into the expert-offload layout at `out` (or its split files); returns the files."""
-    from gguf import GGUFWriter
-
     src, out = Path(src), Path(out)
     source = read_file(src, arrays=True)
+    check_model(src, source.metadata, source.tensors)
     arch = source.metadata.get("general.architecture")
-    if arch is None:
-        raise EdgedsError(f"{src}: general.architecture is missing")
-    n_layer = int(source.metadata[f"{arch}.block_count"])
+    n_layer = source.metadata.get(f"{arch}.block_count")
+    if n_layer is None:
+        raise EdgedsError(f"{src}: general.architecture or {arch}.block_count is missing")
 
     hot, experts = [], []
     for t in source.tensors:
@@ -74,8 +85,9 @@ def write_layout(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
         expert_bytes[expert_layer(t.name)] += t.n_bytes
     hot_bytes = sum(t.n_bytes for t in hot)
 
-    tmp = out.with_name(out.name[:-5] + ".partial.gguf" if out.name.endswith(".gguf") else out.name + ".partial")
-    writer = GGUFWriter(tmp, arch)
+    finals = split_paths(out, 2) if split else [out]
+    temps = [partial(f) for f in finals]  # NAME-00001-of-00002.gguf.partial: never a finished name
+    writer = _writer(temps, arch)
     copy_metadata(source, writer, skip=_written_anew)
     writer.add_uint32(KEY_LAYOUT_VERSION, LAYOUT_VERSION)
     writer.add_uint64(KEY_HOT_BYTES, hot_bytes)
@@ -90,8 +102,6 @@ def write_layout(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
     for t in experts:
         _add_tensor(writer, source, t)
 
-    temps = split_paths(tmp, 2) if split else [tmp]
-    finals = split_paths(out, 2) if split else [out]
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -102,6 +112,5 @@ def write_layout(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
     except OSError as err:
         raise EdgedsError(f"{out}: cannot write ({err.strerror or err})") from None
     finally:
-        for t_path in temps:
-            t_path.unlink(missing_ok=True)
+        discard(*temps)
     return tuple(finals)

@@ -10,22 +10,31 @@ Contract with architecture modules:
 - `metadata(cfg) -> dict[str, object]`: full `<arch>.*` keys (no general.*, no tokenizer.*);
   int → uint32, float → float32, bool → bool, str → string.
 - `plan(cfg, ckpt) -> list[TensorPlan]`
+- `shapes(cfg) -> (table, dims)`: what the config implies for every tensor the plan may hold, as a
+  table from the GGUF name (`blk.N.` left out) to a tuple of dimension names, and the dimensions'
+  values (`{"hidden_size": 4096, ...}`). The core checks each planned shape against it before
+  anything is written (`check_shapes`): a checkpoint whose tensors disagree with its config
+  would give a file llama.cpp refuses to load.
 - optional `SKIP: re.Pattern` or `skip(cfg) -> re.Pattern`: source tensors deliberately left out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeds.errors import ConversionError
+
 if TYPE_CHECKING:
     from edgeds.convert.checkpoint import Checkpoint
 
 PIECE_BYTES = 4 << 20  # float32 bytes per piece when a single source tensor streams in row blocks (cache-sized)
+_BLOCK = re.compile(r"^blk\.\d+\.")
 
 
 @dataclass(frozen=True)
@@ -80,3 +89,21 @@ def computed(name: str, values: np.ndarray) -> TensorPlan:
     """A tensor computed from the config alone (e.g. llama3's rope_freqs), always F32."""
     values = np.ascontiguousarray(values, dtype=np.float32)
     return TensorPlan(name, values.shape, (), lambda _ckpt: iter((values,)), True)
+
+
+def check_shapes(plans: list[TensorPlan], table: Mapping[str, tuple[str, ...]], dims: Mapping[str, int],
+                 where: str) -> None:
+    """Every planned tensor has the shape the config implies (`table` and `dims`, see the contract above).
+
+    Raises:
+        ConversionError: naming the tensor, its source, both shapes and the config's dimensions.
+    """
+    for p in plans:
+        names = table.get(_BLOCK.sub("", p.name))
+        if names is None:
+            raise ConversionError(f"{where}: no shape is known for tensor {p.name!r}")
+        expected = tuple(dims[n] for n in names)
+        if tuple(p.shape) != expected:
+            source = f" (from {p.sources[0]})" if len(p.sources) == 1 else ""
+            raise ConversionError(f"{where}: tensor {p.name}{source} has shape {list(p.shape)}, but the config "
+                                  f"implies {list(expected)} ({' x '.join(names)})")

@@ -20,6 +20,8 @@ from edgeds.errors import EdgedsError
 if TYPE_CHECKING:
     import numpy as np
 
+    from edgeds.catalog.gguf import GgufInfo
+
 
 class QuantizeError(EdgedsError):
     """The quantization could not be done (bad input, missing imatrix, llama.cpp failure)."""
@@ -64,12 +66,17 @@ def _run(src: Path, dst: Path, recipe: Recipe, *, dry_run: bool, nthread: int, i
         raise QuantizeError(str(err)) from None
 
 
-def _check_source(src: Path) -> None:
+def _check_source(src: Path) -> GgufInfo:
+    """The source's header, checked (edgeds.catalog.gguf) before llama.cpp sees the file, which
+    aborts the process on some hyperparameters instead of failing."""
+    from edgeds.catalog.gguf import read_gguf
+
     if not src.is_file():
         raise QuantizeError(f"{src}: no such file")
-    with open(src, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise QuantizeError(f"{src}: not a GGUF file")
+    try:
+        return read_gguf(src)
+    except EdgedsError as err:
+        raise QuantizeError(str(err)) from None
 
 
 def _check_imatrix(recipe: Recipe, imatrix) -> None:
@@ -113,19 +120,20 @@ def quantize(
     """Quantize GGUF `src` to `dst` with a recipe name, llama.cpp type name or Recipe.
 
     The result keeps llama.cpp's tensor order; `edgeds.convert.layout` rearranges MoE files."""
+    from edgeds.convert.outputs import check_output, discard, partial
+
     src, dst = Path(src), Path(dst)
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    _check_source(src)
+    source = _check_source(src)
     _check_imatrix(recipe, imatrix)
-    if not dst.parent.is_dir():
-        raise QuantizeError(f"{dst}: the folder {dst.parent} does not exist")
+    check_output(dst, source.parts, error=QuantizeError)
     entries = _imatrix_entries(Path(imatrix)) if imatrix is not None else ()
-    partial = dst.with_name(dst.name + ".partial")
+    temporary = partial(dst)
     try:
-        _run(src, partial, recipe, dry_run=False, nthread=nthread, imatrix=entries)
-        os.replace(partial, dst)
+        _run(src, temporary, recipe, dry_run=False, nthread=nthread, imatrix=entries)
+        os.replace(temporary, dst)
     finally:
-        partial.unlink(missing_ok=True)
+        discard(temporary)
     return dst
 
 
@@ -170,15 +178,18 @@ def quantize_file(
 ) -> tuple[Path, ...]:
     """Quantize, then for MoE files (routed-expert tensors present) rewrite into the expert-offload
     layout with its edgeds.* metadata. Returns the written file(s)."""
-    from edgeds.catalog.gguf import expert_layer, read_file
+    from edgeds.catalog.gguf import expert_layer, split_paths
     from edgeds.convert.layout import write_layout
+    from edgeds.convert.outputs import check_output, discard
 
     src, out = Path(src), Path(out)
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
-    _check_source(src)
-    is_moe = any(expert_layer(t.name) is not None for t in read_file(src).tensors)
+    source = _check_source(src)
+    is_moe = any(expert_layer(t.name) is not None for t in source.tensors)
     if split_experts and not is_moe:
         raise QuantizeError(f"{src}: --split-experts needs a MoE model (no blk.N.ffn_*_exps tensors)")
+    for path in split_paths(out, 2) if split_experts else [out]:
+        check_output(path, source.parts, error=QuantizeError)
     if layout == "plain" or not is_moe:
         return (quantize(src, out, recipe, imatrix=imatrix, nthread=nthread),)
     staged = out.with_name(out.name + ".quant.partial")
@@ -186,4 +197,4 @@ def quantize_file(
         quantize(src, staged, recipe, imatrix=imatrix, nthread=nthread)
         return write_layout(staged, out, recipe=recipe.name, split=split_experts)
     finally:
-        staged.unlink(missing_ok=True)
+        discard(staged)

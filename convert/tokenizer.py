@@ -33,6 +33,8 @@ from edgeds.errors import ConversionError
 # Tokenizer classes that rebuild their post-processor from add_bos_token / add_eos_token.
 LLAMA_TOKENIZER_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer", "CodeLlamaTokenizerFast")
 
+MAX_TOKEN_ID = (1 << 31) - 1  # llama.cpp's llama_token is an int32
+
 # llama.cpp token types (include/llama.h, llama_token_type).
 TOKEN_NORMAL = 1
 TOKEN_CONTROL = 3
@@ -108,24 +110,29 @@ def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: bad UTF-8 or JSON
         raise ConversionError(f"{path}: unreadable ({err})") from None
+    except RecursionError:
+        raise ConversionError(f"{path}: unreadable (JSON nested too deeply)") from None
     if not isinstance(data, dict):
         raise ConversionError(f"{path}: expected a JSON object")
     return data
 
 
 def _canonical_pre(pre: Any) -> tuple[tuple[object, ...], ...] | None:
-    """Reduce a tokenizer.json pre_tokenizer to the parts that decide how text is split."""
+    """Reduce a tokenizer.json pre_tokenizer to the parts that decide how text is split
+    (None for anything not made of the steps below)."""
     if not isinstance(pre, dict):
         return None
     steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        return None
     out: list[tuple[object, ...]] = []
-    for step in steps or []:
+    for step in steps:
         kind = step.get("type")
         if kind == "Split":
-            pattern = step.get("pattern", {})
-            if "Regex" not in pattern:
+            pattern = step.get("pattern")
+            if not isinstance(pattern, dict) or not isinstance(pattern.get("Regex"), str):
                 return None
             out.append(("split", _literal_newlines(pattern["Regex"]), step.get("behavior"), bool(step.get("invert"))))
         elif kind == "ByteLevel":
@@ -138,7 +145,7 @@ def _canonical_pre(pre: Any) -> tuple[tuple[object, ...], ...] | None:
 def _normalizer_is_identity(normalizer: Any) -> bool:
     if normalizer is None:
         return True
-    return normalizer.get("type") == "Sequence" and not normalizer.get("normalizers")
+    return isinstance(normalizer, dict) and normalizer.get("type") == "Sequence" and not normalizer.get("normalizers")
 
 
 def _token_content(value: Any) -> str | None:
@@ -152,14 +159,18 @@ def _post_template_adds(post: Any, bos_or_eos: str, token: str | None) -> bool |
     if token is None or not isinstance(post, dict):
         return None
     processors = post.get("processors", []) if post.get("type") == "Sequence" else [post]
-    for proc in processors:
-        if proc.get("type") != "TemplateProcessing":
+    for proc in processors if isinstance(processors, list) else []:
+        if not isinstance(proc, dict) or proc.get("type") != "TemplateProcessing":
             continue
-        single = proc.get("single") or []
-        piece = (single[0] if bos_or_eos == "bos" else single[-1]) if single else None
-        special = (piece or {}).get("SpecialToken")
-        return bool(special) and special.get("id") == token
+        single = proc.get("single")
+        piece = (single[0] if bos_or_eos == "bos" else single[-1]) if isinstance(single, list) and single else None
+        special = piece.get("SpecialToken") if isinstance(piece, dict) else None
+        return isinstance(special, dict) and special.get("id") == token
     return None
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_ID
 
 
 class _Source:
@@ -178,7 +189,25 @@ class _Source:
         if model.get("byte_fallback"):
             raise ConversionError(f"{self.path}: byte_fallback BPE (sentencepiece-style) is not supported")
         self.model = model
-        self.added: list[dict[str, Any]] = list(self.tok.get("added_tokens") or [])
+        added = self.tok.get("added_tokens") or []
+        if not isinstance(added, list):
+            raise ConversionError(f"{self.path}: added_tokens must be a list")
+        for i, tok in enumerate(added):
+            if not (isinstance(tok, dict) and isinstance(tok.get("content"), str) and _is_token_id(tok.get("id"))):
+                raise ConversionError(f"{self.path}: added_tokens[{i}] needs a string 'content' and an 'id' "
+                                      f"from 0 to {MAX_TOKEN_ID}")
+        bad = next((text for text, i in model["vocab"].items() if not _is_token_id(i)), None)
+        if bad is not None:
+            raise ConversionError(f"{self.path}: model.vocab gives {bad!r} the id {model['vocab'][bad]!r}, "
+                                  f"not an integer from 0 to {MAX_TOKEN_ID}")
+        merges = model.get("merges") or []
+        if not isinstance(merges, list) or not all(
+                isinstance(m, str) or (isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m))
+                for m in merges):
+            raise ConversionError(f"{self.path}: model.merges must list \"a b\" strings or [a, b] pairs")
+        if not model["vocab"] and not added:
+            raise ConversionError(f"{self.path}: the vocabulary is empty")
+        self.added: list[dict[str, Any]] = added
         self.ids: dict[str, int] = dict(model["vocab"])
         for tok in self.added:
             self.ids[tok["content"]] = tok["id"]
@@ -190,7 +219,7 @@ class _Source:
                 raise ConversionError(f"{self.cfg_path}: {kind}_token {content!r} is not in {self.path.name}")
             return self.ids[content]
         fallback = self.model_cfg.get(f"{kind}_token_id")
-        return fallback if isinstance(fallback, int) else None
+        return fallback if isinstance(fallback, int) and not isinstance(fallback, bool) else None
 
     def adds(self, kind: str) -> bool:
         """Whether encoding adds `kind` ("bos" / "eos"); see the BOS rule in the module docstring."""
@@ -232,7 +261,12 @@ def _chat_templates(source: _Source) -> dict[str, str]:
             if isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("template"), str)
         }
     jinja = source.model_dir / "chat_template.jinja"
-    return {"tokenizer.chat_template": jinja.read_text(encoding="utf-8")} if jinja.is_file() else {}
+    if not jinja.is_file():
+        return {}
+    try:
+        return {"tokenizer.chat_template": jinja.read_text(encoding="utf-8")}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConversionError(f"{jinja}: unreadable ({err})") from None
 
 
 def vocab_metadata(model_dir: Path, vocab_size: int | None) -> dict[str, object]:
@@ -273,6 +307,9 @@ def vocab_metadata(model_dir: Path, vocab_size: int | None) -> dict[str, object]
                       ("pad", "padding_token_id")):
         token_id = source.token_id(kind)
         if token_id is not None:
+            if not 0 <= token_id < size:
+                raise ConversionError(f"{source.model_dir / 'config.json'}: {kind}_token_id {token_id} is not a "
+                                      f"token id (the vocabulary has {size})")
             meta[f"tokenizer.ggml.{key}"] = token_id
     meta["tokenizer.ggml.add_bos_token"] = source.adds("bos")
     meta["tokenizer.ggml.add_eos_token"] = source.adds("eos")

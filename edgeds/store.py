@@ -51,6 +51,13 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# What the queries below read: a database whose user_version claims the schema but lacks a table
+# or column fails here, when it is opened, with one line naming the file.
+SCHEMA_CHECK = (
+    "SELECT id, title, model, system, created, updated FROM conversation LIMIT 0",
+    "SELECT id, conversation_id, role, content, reasoning, finish_reason, stats, reasoning_s, created"
+    " FROM message LIMIT 0",
+)
 
 
 def default_path() -> Path:
@@ -91,6 +98,8 @@ class Store:
             self.db = sqlite3.connect(self.path, check_same_thread=False)
             self.db.execute("PRAGMA foreign_keys = ON")
             self.upgrade()
+            for query in SCHEMA_CHECK:
+                self.db.execute(query)
         except sqlite3.DatabaseError as err:
             raise EdgedsError(f"{self.path}: cannot open the chat database ({err})") from None
 
@@ -183,9 +192,22 @@ class Store:
             (conversation_id,),
         )
         return [
-            StoredMessage(mid, role, content, reasoning, finish, json.loads(stats) if stats else None, rs)
+            StoredMessage(mid, role, content, reasoning, finish, self._stats(mid, stats), rs)
             for mid, role, content, reasoning, finish, stats, rs in rows
         ]
+
+    def _stats(self, message_id: int, text: str | None) -> dict | None:
+        """A message's stored stats: a JSON object, or None."""
+        if not text:
+            return None
+        try:
+            stats = json.loads(text)
+        except (ValueError, TypeError, RecursionError):
+            stats = None
+        if not isinstance(stats, dict):
+            raise EdgedsError(f"{self.path}: message {message_id} has corrupt stats (not a JSON object)")
+        return stats
+
 
     def history(self, conversation_id: int) -> list[dict]:
         """What goes back to the model: role/content of finished turns; no reasoning, and a user

@@ -34,6 +34,45 @@ LAYER = {
 }
 
 
+# GGUF name (`blk.N.` left out) → its shape in the dimensions `dims` names
+SHAPES: dict[str, tuple[str, ...]] = {
+    "token_embd.weight":   ("vocab_size", "hidden_size"),
+    "rope_freqs.weight":   ("rope_pairs",),
+    "attn_norm.weight":    ("hidden_size",),
+    "attn_q.weight":       ("q_size", "hidden_size"),
+    "attn_q.bias":         ("q_size",),
+    "attn_k.weight":       ("kv_size", "hidden_size"),
+    "attn_k.bias":         ("kv_size",),
+    "attn_v.weight":       ("kv_size", "hidden_size"),
+    "attn_v.bias":         ("kv_size",),
+    "attn_output.weight":  ("hidden_size", "q_size"),
+    "attn_output.bias":    ("hidden_size",),
+    "attn_q_norm.weight":  ("head_dim",),
+    "attn_k_norm.weight":  ("head_dim",),
+    "ffn_norm.weight":     ("hidden_size",),
+    "ffn_gate.weight":     ("intermediate_size", "hidden_size"),
+    "ffn_up.weight":       ("intermediate_size", "hidden_size"),
+    "ffn_down.weight":     ("hidden_size", "intermediate_size"),
+    "output_norm.weight":  ("hidden_size",),
+    "output.weight":       ("vocab_size", "hidden_size"),
+}
+
+
+def shapes(cfg: Mapping[str, Any]) -> tuple[dict[str, tuple[str, ...]], dict[str, int]]:
+    """What the config implies for every tensor (see edgeds.convert.plan)."""
+    heads, kv_heads, dim = int(need(cfg, "num_attention_heads")), int(cfg.get("num_key_value_heads") or 0), head_dim(cfg)
+    kv_heads = kv_heads or heads
+    return SHAPES, {
+        "vocab_size": int(need(cfg, "vocab_size")),
+        "hidden_size": int(need(cfg, "hidden_size")),
+        "intermediate_size": int(need(cfg, "intermediate_size")),
+        "q_size": heads * dim,
+        "kv_size": kv_heads * dim,
+        "head_dim": dim,
+        "rope_pairs": dim // 2,
+    }
+
+
 def head_dim(cfg: Mapping[str, Any]) -> int:
     return int(cfg.get("head_dim") or int(need(cfg, "hidden_size")) // int(need(cfg, "num_attention_heads")))
 
@@ -48,13 +87,17 @@ def metadata(arch: str, cfg: Mapping[str, Any], *, scalings: tuple[str, ...] = (
     """The generic `<arch>.*` keys, plus rope scaling of the kinds listed."""
     theta, scaling = rope(cfg)
     heads = int(need(cfg, "num_attention_heads"))
+    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    if heads % kv_heads or head_dim(cfg) % 2:
+        raise ConversionError(f"config.json: {heads} attention heads of {head_dim(cfg)} over {kv_heads} key/value "
+                              "heads: llama.cpp needs whole groups of heads per key/value head and an even head size")
     meta: dict[str, object] = {
         f"{arch}.block_count": int(need(cfg, "num_hidden_layers")),
         f"{arch}.context_length": int(need(cfg, "max_position_embeddings")),
         f"{arch}.embedding_length": int(need(cfg, "hidden_size")),
         f"{arch}.feed_forward_length": int(need(cfg, "intermediate_size")),
         f"{arch}.attention.head_count": heads,
-        f"{arch}.attention.head_count_kv": int(cfg.get("num_key_value_heads") or heads),
+        f"{arch}.attention.head_count_kv": kv_heads,
         f"{arch}.rope.freq_base": theta,
         f"{arch}.attention.layer_norm_rms_epsilon": float(need(cfg, "rms_norm_eps")),
     }

@@ -68,6 +68,36 @@ EXPERTS = {  # stacked over `mlp.experts.{e}.` in expert order
 }
 
 
+# GGUF name (`blk.N.` left out) → its shape in the dimensions `shapes` names
+SHAPES: dict[str, tuple[str, ...]] = {
+    "token_embd.weight":      ("vocab_size", "hidden_size"),
+    "attn_norm.weight":       ("hidden_size",),
+    "attn_q.weight":          ("q_size", "hidden_size"),
+    "attn_q_a.weight":        ("q_lora_rank", "hidden_size"),
+    "attn_q_a_norm.weight":   ("q_lora_rank",),
+    "attn_q_b.weight":        ("q_size", "q_lora_rank"),
+    "attn_kv_a_mqa.weight":   ("kv_a_size", "hidden_size"),
+    "attn_kv_a_norm.weight":  ("kv_lora_rank",),
+    "attn_k_b.weight":        ("num_attention_heads", "kv_lora_rank", "qk_nope_head_dim"),
+    "attn_v_b.weight":        ("num_attention_heads", "v_head_dim", "kv_lora_rank"),
+    "attn_output.weight":     ("hidden_size", "o_size"),
+    "ffn_norm.weight":        ("hidden_size",),
+    "ffn_gate.weight":        ("intermediate_size", "hidden_size"),
+    "ffn_up.weight":          ("intermediate_size", "hidden_size"),
+    "ffn_down.weight":        ("hidden_size", "intermediate_size"),
+    "ffn_gate_inp.weight":    ("n_routed_experts", "hidden_size"),
+    "exp_probs_b.bias":       ("n_routed_experts",),
+    "ffn_gate_shexp.weight":  ("shared_size", "hidden_size"),
+    "ffn_up_shexp.weight":    ("shared_size", "hidden_size"),
+    "ffn_down_shexp.weight":  ("hidden_size", "shared_size"),
+    "ffn_gate_exps.weight":   ("n_routed_experts", "moe_intermediate_size", "hidden_size"),
+    "ffn_up_exps.weight":     ("n_routed_experts", "moe_intermediate_size", "hidden_size"),
+    "ffn_down_exps.weight":   ("n_routed_experts", "hidden_size", "moe_intermediate_size"),
+    "output_norm.weight":     ("hidden_size",),
+    "output.weight":          ("vocab_size", "hidden_size"),
+}
+
+
 def _need(cfg: Mapping[str, Any], key: str) -> Any:
     return _config.need(cfg, key, "needed for DeepSeek MLA/MoE")
 
@@ -94,6 +124,9 @@ def metadata(cfg: Mapping[str, Any]) -> dict[str, object]:
     rope_dims = int(_need(cfg, "qk_rope_head_dim"))
     nope_dims = int(_need(cfg, "qk_nope_head_dim"))
     n_experts = int(_need(cfg, "n_routed_experts"))
+    if int(_need(cfg, "num_experts_per_tok")) > n_experts:
+        raise ConversionError(f"config.json: num_experts_per_tok {cfg['num_experts_per_tok']} is more than "
+                              f"n_routed_experts {n_experts}")
     if _is_v3(cfg):
         gating = "sigmoid"  # DeepseekV3's router is sigmoid whatever the config says or omits
     else:
@@ -151,6 +184,24 @@ def metadata(cfg: Mapping[str, Any]) -> dict[str, object]:
             # llama.cpp's loader divides this key by 0.1 again (its TAG_DEEPSEEK2_YARN_LOG_MUL_FIX)
             meta[f"{a}.rope.scaling.yarn_log_multiplier"] = 0.1 * float(scaling["mscale_all_dim"])
     return meta
+
+
+def shapes(cfg: Mapping[str, Any]) -> tuple[dict[str, tuple[str, ...]], dict[str, int]]:
+    """What the config implies for every tensor (see edgeds.convert.plan)."""
+    dims = {key: int(_need(cfg, key)) for key in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "qk_nope_head_dim", "v_head_dim",
+        "n_routed_experts", "moe_intermediate_size")}
+    heads, rope_dims = dims["num_attention_heads"], int(_need(cfg, "qk_rope_head_dim"))
+    kv_lora = int(cfg.get("kv_lora_rank") or 512)
+    return SHAPES, {
+        **dims,
+        "q_lora_rank": int(cfg.get("q_lora_rank") or 0),
+        "q_size": heads * (dims["qk_nope_head_dim"] + rope_dims),
+        "kv_lora_rank": kv_lora,
+        "kv_a_size": kv_lora + rope_dims,
+        "o_size": heads * dims["v_head_dim"],
+        "shared_size": dims["moe_intermediate_size"] * int(cfg.get("n_shared_experts") or 0),
+    }
 
 
 def _stack(names: tuple[str, ...], ckpt) -> Iterator[np.ndarray]:

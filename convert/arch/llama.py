@@ -25,6 +25,7 @@ HF_ARCHITECTURES = ("LlamaForCausalLM",)
 GGUF_ARCH = "llama"
 TABLE = _dense.LAYER
 skip = _dense.skip
+shapes = _dense.shapes
 
 
 def metadata(cfg: Mapping[str, Any]) -> dict[str, object]:

@@ -16,6 +16,7 @@ HF_ARCHITECTURES = ("Qwen2ForCausalLM",)
 GGUF_ARCH = "qwen2"
 TABLE = _dense.LAYER
 skip = _dense.skip
+shapes = _dense.shapes
 
 
 def metadata(cfg: Mapping[str, Any]) -> dict[str, object]:

@@ -20,6 +20,7 @@ TABLE = {
     "self_attn.k_norm.weight": "attn_k_norm.weight",
 }
 skip = _dense.skip
+shapes = _dense.shapes
 
 
 def metadata(cfg: Mapping[str, Any]) -> dict[str, object]:

@@ -5,6 +5,13 @@ quantizer, and the tests: metadata with each key's value type, the tensor table 
 data offset and size) and, on demand, a tensor's bytes as a read-only memory map. Split GGUFs
 are read part by part (`*-00001-of-0000N.gguf`).
 
+Nothing in a header is trusted: before a count is used to allocate or a file reaches llama.cpp,
+`read_file` checks the structure the way llama.cpp's gguf loader does (alignment a power of two,
+tensor dimensions, types, offsets and sizes inside the file, no repeated key or tensor name, no
+nested arrays), and `read_gguf` checks the model's hyperparameters against the tensor table and
+the limits llama.cpp asserts (`LIMITS`): a file llama.cpp would abort on is refused with one
+line naming the file and the key.
+
 The file is parsed here with gguf-py's type tables (value types, ggml block sizes) rather than
 with `GGUFReader`, which builds a numpy view per vocabulary string and needs about 25 s for a
 152k-token vocabulary on a small machine. Unless asked for `arrays`, this reader summarises
@@ -41,6 +48,17 @@ SCALAR_FORMAT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 
 _STRING, _ARRAY = 8, 9
 SHORT_ARRAY = 1024  # number arrays up to this long (per-layer values) are read even without `arrays`
 MAX_DIMS = 4        # GGML_MAX_DIMS
+MAX_ELEMENTS = (1 << 63) - 1  # llama.cpp counts a tensor's elements in int64
+KEY_ALIGNMENT = "general.alignment"
+_LAYER = re.compile(r"^blk\.(\d+)\.")
+
+# `{arch}.KEY` → (lowest, highest): hyperparameters llama.cpp asserts on while loading (an abort,
+# not an error) — LLAMA_MAX_LAYERS and LLAMA_MAX_EXPERTS in llama-hparams.
+LIMITS: dict[str, tuple[int, int]] = {
+    "block_count": (1, 512),
+    "expert_count": (0, 512),
+    "expert_used_count": (0, 512),
+}
 
 # The expert-offload layout record edgeds writes into MoE files (see edgeds.convert.layout).
 KEY_LAYOUT_VERSION = "edgeds.layout.version"
@@ -225,8 +243,61 @@ def _read_value(cur: _Cursor, vtype: int, arrays: bool) -> Any:
     if item == _STRING:
         values = cur.strings(count, keep=arrays)
         return values if arrays else f"[{count} strings]"
-    values = [_read_value(cur, item, arrays) for _ in range(count)]
-    return values if arrays else f"[{count} arrays]"
+    raise EdgedsError(f"{cur.path}: corrupt GGUF header (an array of GGUF value type {item})")
+
+
+def _alignment(path: Path, metadata: dict[str, Any], value_types: dict) -> int:
+    """general.alignment: llama.cpp reads it as a uint32 (asserting the type) and wants a power of two."""
+    if KEY_ALIGNMENT not in metadata:
+        return DEFAULT_ALIGNMENT
+    align = metadata[KEY_ALIGNMENT]
+    if value_types[KEY_ALIGNMENT][0].name != "UINT32" or align <= 0 or align & (align - 1):
+        raise EdgedsError(f"{path}: corrupt GGUF header ({KEY_ALIGNMENT} = {align!r} "
+                          f"as {value_types[KEY_ALIGNMENT][0].name}; it must be a uint32 power of two)")
+    return align
+
+
+def _tensor(path: Path, name: str, dims: list[int], kind, offset: int, align: int, sizes) -> TensorInfo:
+    """One tensor table entry, checked as llama.cpp's loader checks it (offset relative to the data)."""
+    n = math.prod(dims)
+    if kind not in sizes or n > MAX_ELEMENTS or any(d > MAX_ELEMENTS for d in dims):
+        raise EdgedsError(f"{path}: corrupt GGUF header (tensor {name!r}: {kind.name}{dims})")
+    block, type_size = sizes[kind]
+    if dims and dims[0] % block:
+        raise EdgedsError(f"{path}: corrupt GGUF header (tensor {name!r}: rows of {dims[0]} do not fill "
+                          f"{kind.name} blocks of {block})")
+    if offset % align:
+        raise EdgedsError(f"{path}: corrupt GGUF header (tensor {name!r} at offset {offset}, "
+                          f"not a multiple of the alignment {align})")
+    return TensorInfo(name, kind.name, n, n // block * type_size, tuple(reversed(dims)), offset)
+
+
+def check_model(path: Path, metadata: dict[str, Any], tensors: tuple[TensorInfo, ...]) -> None:
+    """The hyperparameters edgeds and llama.cpp size things by, against `LIMITS` and the tensor
+    table: block_count must name exactly the layers whose `blk.N.*` tensors the file holds.
+
+    Raises:
+        EdgedsError: naming the file and the key.
+    """
+    arch = metadata.get("general.architecture")
+    if arch is None:
+        return
+    if not isinstance(arch, str):
+        raise EdgedsError(f"{path}: general.architecture must be a string, not {arch!r}")
+    for key, (low, high) in LIMITS.items():
+        value = metadata.get(f"{arch}.{key}")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high):
+            raise EdgedsError(f"{path}: {arch}.{key} = {value!r} is out of range ({low} to {high} for llama.cpp)")
+    experts, used = (metadata.get(f"{arch}.{k}", 0) for k in ("expert_count", "expert_used_count"))
+    if used > experts or (experts > 0) != (used > 0):
+        raise EdgedsError(f"{path}: {arch}.expert_used_count = {used} does not fit {arch}.expert_count = {experts}")
+    n_layer = metadata.get(f"{arch}.block_count")
+    layers = {int(m.group(1)) for t in tensors if (m := _LAYER.match(t.name))}
+    if n_layer is None or not layers:  # a vocabulary-only file has no layers to compare
+        return
+    if layers != set(range(n_layer)):
+        held = f"layers 0-{max(layers)}" if layers == set(range(max(layers) + 1)) else f"{len(layers)} layers"
+        raise EdgedsError(f"{path}: {arch}.block_count = {n_layer}, but the tensor table holds {held}")
 
 
 def read_file(path: str | Path, *, arrays: bool = False) -> GgufFile:
@@ -235,7 +306,8 @@ def read_file(path: str | Path, *, arrays: bool = False) -> GgufFile:
     summarised ("[151936 strings]").
 
     Raises:
-        EdgedsError: not a readable GGUF (truncated, corrupt, wrong magic); one line naming the file.
+        EdgedsError: not a readable GGUF (truncated, corrupt, wrong magic, a count or offset that
+            does not fit the file); one line naming the file.
     """
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
@@ -253,11 +325,14 @@ def read_file(path: str | Path, *, arrays: bool = False) -> GgufFile:
             metadata, value_types = {}, {}
             for _ in range(n_kv):
                 key = cur.string()
+                if key in metadata:
+                    raise EdgedsError(f"{path}: corrupt GGUF header (key {key!r} appears twice)")
                 vtype = cur.take("<I")
                 item = struct.unpack_from("<I", buf, cur.pos)[0] if vtype == _ARRAY else None
                 metadata[key] = _read_value(cur, vtype, arrays)
                 value_types[key] = (GGUFValueType(vtype), None if item is None else GGUFValueType(item))
-            table = []
+            align = _alignment(path, metadata, value_types)
+            table, names = [], set()
             for _ in range(n_tensors):
                 name = cur.string()
                 n_dims = cur.take("<I")
@@ -265,12 +340,11 @@ def read_file(path: str | Path, *, arrays: bool = False) -> GgufFile:
                     raise EdgedsError(f"{path}: corrupt GGUF header (tensor {name!r} has {n_dims} dimensions)")
                 dims = [cur.take("<Q") for _ in range(n_dims)]
                 kind = GGMLQuantizationType(cur.take("<I"))
-                block, type_size = GGML_QUANT_SIZES[kind]
-                n = math.prod(dims)
-                # offset from the start of the data section until that is known
-                table.append(TensorInfo(name, kind.name, n, n // block * type_size, tuple(reversed(dims)),
-                                        cur.take("<Q")))
-            align = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+                offset = cur.take("<Q")
+                table.append(_tensor(path, name, dims, kind, offset, align, GGML_QUANT_SIZES))
+                if name in names:
+                    raise EdgedsError(f"{path}: corrupt GGUF header (tensor {name!r} appears twice)")
+                names.add(name)
             data_start = (cur.pos + align - 1) // align * align
             data_end = max((t.offset + t.n_bytes for t in table), default=0)
             if table and data_start + data_end > len(buf):  # (a file without tensors may end unpadded)
@@ -285,10 +359,12 @@ def read_file(path: str | Path, *, arrays: bool = False) -> GgufFile:
 
 
 def read_gguf(path: str | Path) -> GgufInfo:
-    """Read a GGUF's metadata and tensor table (all parts of a split file).
+    """Read a GGUF's metadata and tensor table (all parts of a split file), checked with
+    `check_model`: what edgeds plans with and hands llama.cpp is what the file holds.
 
     Raises:
-        EdgedsError: not a readable GGUF (truncated, wrong magic, missing split part).
+        EdgedsError: not a readable GGUF (truncated, wrong magic, missing split part), or
+            hyperparameters that llama.cpp would abort on or that disagree with the tensors.
     """
     path = Path(path)
     if not path.is_file():
@@ -311,6 +387,7 @@ def read_gguf(path: str | Path) -> GgufInfo:
             tensor_bytes += t.n_bytes
             if expert_layer(t.name) is not None:
                 expert_bytes += t.n_bytes
+    check_model(path, metadata, tuple(table))
     return GgufInfo(
         path=path,
         parts=parts,

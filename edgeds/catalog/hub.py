@@ -209,15 +209,24 @@ def pull(source: QuantSource, *, progress: bool = True) -> list[Path]:
 
 
 def remove(source: QuantSource) -> list[Path]:
-    """Delete a quant's files (snapshot links and their blobs) from the cache."""
+    """Delete a quant's files (snapshot links and their blobs) from the cache.
+
+    Only what lies in the repository's own cache folder is deleted: a snapshot entry whose
+    folder leads out of the cache is left alone, and a link to a file outside the repository's
+    blobs/ loses the link, never the file it points to.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    storage = Path(constants.HF_HUB_CACHE).resolve() / repo_folder_name(repo_id=source.repo, repo_type="model")
     removed = []
     for f in source.files:
         path = cached_file(source.repo, f.name, source.revision)
-        if path is None:
+        if path is None or not path.parent.resolve().is_relative_to(storage / "snapshots"):
             continue
         blob = path.resolve()
         path.unlink(missing_ok=True)
-        if blob != path:
+        if blob.parent == storage / "blobs":
             blob.unlink(missing_ok=True)
         removed.append(path)
     return removed

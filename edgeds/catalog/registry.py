@@ -8,6 +8,7 @@ and reports a problem as `FILE:LINE: entry 'ID': key 'KEY': what is wrong`.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -85,11 +86,22 @@ KNOWN_QUANTS = frozenset({
     "IQ2_XXS", "IQ1_M", "IQ1_S", "TQ1_0", "TQ2_0", "MXFP4",
 })
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 _HEADER = re.compile(r'^\s*\[\s*models\.("?)([^"\]]+?)\1\s*[\].]')
 
 
 def is_known_quant(name: str) -> bool:
     return name.upper().removeprefix("UD-") in KNOWN_QUANTS
+
+
+def is_relative_name(name: str) -> bool:
+    """A path inside a repository (or a revision): '/'-separated plain names, none of them empty,
+    '.' or '..', and no backslash; the hub cache joins it onto its own folders."""
+    return "\\" not in name and all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def is_repo_id(repo: str) -> bool:
+    return bool(_REPO_ID.match(repo)) and is_relative_name(repo)
 
 
 # ------------------------------------------------------------------------------------------
@@ -248,6 +260,10 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise EdgedsError(f"{path}: cannot read the registry: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        line = err.object[:err.start].count(b"\n") + 1
+        raise EdgedsError(f"{path}:{line}: not UTF-8 text (byte {err.object[err.start]:#04x}); "
+                          "TOML files are UTF-8") from None
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as err:
@@ -273,6 +289,8 @@ def _check_table(where: _Where, model_id: str, prefix: str, table: Any,
         if not ok:
             wanted = " or ".join(t.__name__ for t in types)
             raise where.error(model_id, prefix + key, f"must be {wanted}, got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # TOML has nan and inf
+            raise where.error(model_id, prefix + key, f"must be a finite number, got {value}")
     for key, (_, required) in schema.items():
         if required and key not in table:
             raise where.error(model_id, prefix + key, "missing required key")
@@ -284,6 +302,8 @@ def _build_entry(where: _Where, model_id: str, raw: dict[str, Any]) -> RegistryE
     _check_table(where, model_id, "", raw, ENTRY_KEYS)
     _check_table(where, model_id, "generation.", raw["generation"], GENERATION_KEYS)
     _check_table(where, model_id, "shape.", raw["shape"], SHAPE_KEYS)
+    if not is_repo_id(raw["source"]):
+        raise where.error(model_id, "source", f"{raw['source']!r} is not a hub repo id (owner/name)")
     shape = Shape(**raw["shape"])
     if (shape.kv_lora_rank is None) != (shape.qk_rope_head_dim is None):
         raise where.error(model_id, "shape.kv_lora_rank", "MLA needs both kv_lora_rank and qk_rope_head_dim")
@@ -293,6 +313,10 @@ def _build_entry(where: _Where, model_id: str, raw: dict[str, Any]) -> RegistryE
             raise where.error(model_id, f"quants.{qname}", "unknown quant type "
                               f"(known: {', '.join(sorted(KNOWN_QUANTS))}, optionally with 'UD-')")
         _check_table(where, model_id, f"quants.{qname}.", qraw, QUANT_KEYS)
+        if not is_repo_id(qraw["repo"]):
+            raise where.error(model_id, f"quants.{qname}.repo", f"{qraw['repo']!r} is not a hub repo id (owner/name)")
+        if not is_relative_name(qraw.get("revision", "main")):
+            raise where.error(model_id, f"quants.{qname}.revision", f"{qraw['revision']!r} is not a hub revision")
         if not qraw["files"]:
             raise where.error(model_id, f"quants.{qname}.files", "lists no files")
         files = []
@@ -300,6 +324,9 @@ def _build_entry(where: _Where, model_id: str, raw: dict[str, Any]) -> RegistryE
             _check_table(where, model_id, f"quants.{qname}.files[{i}].", fraw, FILE_KEYS)
             if fraw["size"] <= 0:
                 raise where.error(model_id, f"quants.{qname}.files[{i}].size", "must be positive")
+            if not is_relative_name(fraw["name"]):
+                raise where.error(model_id, f"quants.{qname}.files[{i}].name", f"{fraw['name']!r} is not a file "
+                                  "name inside the repository (no '..', no leading '/')")
             files.append(GgufFile(fraw["name"], fraw["size"], fraw.get("exact", False)))
         quants[qname] = QuantSource(qname, qraw["repo"], tuple(files), qraw.get("revision", "main"))
     if raw["default_quant"] not in quants:
@@ -308,8 +335,10 @@ def _build_entry(where: _Where, model_id: str, raw: dict[str, Any]) -> RegistryE
     gen = raw["generation"]
     if not 0 < gen["top_p"] <= 1:
         raise where.error(model_id, "generation.top_p", f"must be in (0, 1], got {gen['top_p']}")
-    if gen["temperature"] < 0:
-        raise where.error(model_id, "generation.temperature", "must be >= 0")
+    if not 0 <= gen["temperature"] <= 2:
+        raise where.error(model_id, "generation.temperature", f"must be in [0, 2], got {gen['temperature']}")
+    if gen["max_tokens"] < 1:
+        raise where.error(model_id, "generation.max_tokens", f"must be at least 1, got {gen['max_tokens']}")
     values = {k: raw[k] for k in ENTRY_KEYS if k not in ("generation", "shape", "quants")}
     return RegistryEntry(
         id=model_id, generation=Generation(**gen), shape=shape, quants=quants, **values
@@ -349,7 +378,11 @@ def load_registry(paths: list[Path] | None = None) -> Registry:
         if unknown:
             raise EdgedsError(f"{path}: unknown top-level table(s): {', '.join(sorted(unknown))} "
                               "(expected [defaults] and [models.ID])")
-        default_chat = data.get("defaults", {}).get("chat", default_chat)
+        defaults = data.get("defaults", {})
+        if not isinstance(defaults, dict) or not isinstance(defaults.get("chat", ""), str):
+            raise EdgedsError(f"{path}: key 'defaults' must be a table whose 'chat' is a string "
+                              '([defaults] chat = "ID:QUANT")')
+        default_chat = defaults.get("chat", default_chat)
         models = data.get("models", {})
         if not isinstance(models, dict):
             raise EdgedsError(f"{path}: 'models' must be a table of [models.ID] entries")

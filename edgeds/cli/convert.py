@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
+from edgeds.cli.interrupt import interruptible
 from edgeds.convert import OUTTYPES  # the package's __init__ is light: no numpy, no converter modules
 
 
@@ -34,8 +35,12 @@ def convert(
     if quant is None:
         if split_experts:
             raise UsageError("--split-experts applies to quantized output: add --quant TYPE|RECIPE")
-        typer.echo(str(run_convert(src, output, outtype, verify=verify, progress=progress, revision=revision)))
+        with interruptible("convert"):
+            path = run_convert(src, output, outtype, verify=verify, progress=progress, revision=revision)
+        typer.echo(str(path))
         return
-    for path in convert_and_quantize(src, output, quant, split_experts=split_experts, verify=verify,
-                                     progress=progress, revision=revision):
+    with interruptible("convert"):
+        paths = convert_and_quantize(src, output, quant, split_experts=split_experts, verify=verify,
+                                     progress=progress, revision=revision)
+    for path in paths:
         typer.echo(str(path))

@@ -24,6 +24,8 @@ def read_grammar(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8")
     except OSError as err:
         raise UsageError(f"{path}: cannot read the grammar ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: the grammar is not UTF-8 text (byte {err.start})") from None

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
+from edgeds.cli.interrupt import interruptible
 
 
 @app.command("quantize")
@@ -39,12 +40,14 @@ def quantize(
     if layout not in ("auto", "plain"):
         raise UsageError(f"--layout {layout!r}: use auto or plain")
     if dry_run:
-        plan = q.plan_quantization(src, quant)
+        with interruptible("quantize --dry-run"):
+            plan = q.plan_quantization(src, quant)
         for t in plan.tensors:
             shape = "x".join(str(d) for d in t.shape)
             typer.echo(f"{t.name:40s} {shape:>20s} {t.old_type:>6s} -> {t.new_type:<7s} {t.new_bytes / 2**20:10.2f} MiB")
         typer.echo(f"total: {plan.total_bytes / 2**30:.3f} GiB ({plan.total_bytes} bytes of tensors) with {plan.recipe.name}")
         return
-    path = q.quantize_file(src, out, quant, imatrix=imatrix, layout=layout, split_experts=split_experts)
+    with interruptible("quantize"):
+        path = q.quantize_file(src, out, quant, imatrix=imatrix, layout=layout, split_experts=split_experts)
     for p in path:
         typer.echo(str(p))

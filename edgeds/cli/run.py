@@ -41,7 +41,10 @@ def run(
     if prompt is None:
         if sys.stdin.isatty():
             raise UsageError("give a PROMPT, or pipe one on stdin")
-        prompt = sys.stdin.read()
+        try:
+            prompt = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UsageError(f"stdin: the prompt is not UTF-8 text (byte {err.start})") from None
     if not prompt.strip():
         raise UsageError("the prompt is empty")
     grammar_text = read_grammar(grammar)

@@ -1,11 +1,19 @@
 """llama.cpp's quantizer (`llama_model_quantize`): its parameters, per-tensor type overrides and
-importance matrix as the C structs it takes, and its log."""
+importance matrix as the C structs it takes, and its log.
+
+llama.cpp cannot stop a quantization midway, and while it holds the calling thread a Ctrl-C
+lands in its log callback, where ctypes discards the KeyboardInterrupt. So the quantizer runs in a
+daemon thread and the calling thread waits for it in short, interruptible steps: Ctrl-C (or a
+SIGTERM the caller turned into an exception) reaches the caller at once, whose cleanup removes
+the partial output while the process exits, taking the thread with it.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import re
+import threading
 from collections.abc import Sequence
 
 import llama_cpp
@@ -40,6 +48,8 @@ def quantize(
 
     Raises:
         EdgedsError: llama.cpp failed; the message names `src` and llama.cpp's reason.
+        KeyboardInterrupt: Ctrl-C while llama.cpp works; it goes on in its thread until the
+            process exits, so the caller should remove `dst` and exit.
     """
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
@@ -53,12 +63,34 @@ def quantize(
     if imatrix:
         params.imatrix = ctypes.cast(_imatrix(imatrix, keep), type(params.imatrix))
     with captured_llama_log() as log:
-        rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
+        rc = _in_worker(lambda: llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst),
+                                                                ctypes.byref(params)), [params, keep])
     if rc != 0:
         reason = re.findall(r"(?:error|ERROR)[^\n]*?:\s*([^\n]+)", "".join(log))
         what = "plan" if dry_run else "quantize"
         raise EdgedsError(f"{src}: llama.cpp could not {what} it ({reason[-1].strip() if reason else f'code {rc}'})")
     return log
+
+
+def _in_worker(call, keep: list):
+    """`call()` in a daemon thread, waited for in steps that let signals through. The thread
+    holds `keep` (what llama.cpp's structs point to), so it stays valid even after the caller
+    is interrupted."""
+    outcome: list = []
+
+    def work(keep=keep):
+        try:
+            outcome.append(call())
+        except BaseException as err:  # re-raised in the calling thread
+            outcome.append(err)
+
+    worker = threading.Thread(target=work, name="llama.cpp quantizer", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
 
 
 def _overrides(rules: Sequence[tuple[str, int]], keep: list):

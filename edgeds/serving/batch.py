@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import queue
@@ -69,6 +70,8 @@ def parse_row(text: str, *, index: int, line: int, defaults: GenerationParams) -
         data = json.loads(text)
     except json.JSONDecodeError as err:
         return Row(index, line, line, error=f"line {line}: not valid JSON ({err.msg} at column {err.colno})")
+    except RecursionError:
+        return Row(index, line, line, error=f"line {line}: not valid JSON (nested too deeply)")
     if not isinstance(data, dict):
         return Row(index, line, line, error=f"line {line}: a row must be a JSON object, not {type_name(data)}")
     row_id = data.get("id", line)
@@ -101,9 +104,11 @@ def parse_row(text: str, *, index: int, line: int, defaults: GenerationParams) -
 
 
 def read_rows(path: Path, defaults: GenerationParams) -> list[Row]:
-    """Every non-blank line of `path` as a Row; a repeated id makes the later row an error."""
+    """Every non-blank line of `path` as a Row (a UTF-8 byte order mark at the start is skipped);
+    a repeated id makes the later row an error, also when one of the two is a line number that
+    stands in for a missing id."""
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     except OSError as err:
         raise EdgedsError(f"{path}: cannot read the input ({err.strerror})") from None
     rows: list[Row] = []
@@ -119,8 +124,10 @@ def read_rows(path: Path, defaults: GenerationParams) -> list[Row]:
         row = parse_row(text, index=len(rows), line=number, defaults=defaults)
         key = id_key(row.id)
         if key in first_line:
+            first = first_line[key]
+            why = " (a row without an 'id' gets its line number as its id)" if row.id in (first, number) else ""
             row = Row(row.index, number, row.id,
-                      error=f"line {number}: key 'id': {row.id!r} repeats the id of line {first_line[key]}")
+                      error=f"line {number}: key 'id': {row.id!r} repeats the id of line {first}{why}")
         else:
             first_line[key] = number
         rows.append(row)
@@ -251,8 +258,14 @@ class OrderedWriter:
             raise EdgedsError(f"{self.path}: cannot write the output ({err.strerror})") from None
 
     def close(self) -> None:
-        self._out.close()
-        self._pending.close()
+        """Close both files. Raises nothing, also when called again or after a failed write (a
+        full disk): that write already raised the error, and closing would only flush its
+        leftover bytes and fail again."""
+        for f in (self._out, self._pending):
+            try:
+                f.close()
+            except OSError:
+                pass
         if self.complete:
             self.pending_path.unlink(missing_ok=True)
 
