@@ -44,7 +44,7 @@ def _lib(stem: str) -> ctypes.CDLL:
 @lru_cache(maxsize=1)
 def _libs():
     init_backend()  # loads the backends, so the device registry is filled
-    ggml, cpu = _lib("libggml"), _lib("libggml-cpu")
+    ggml = _lib("libggml")
     ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
     ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
     ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
@@ -57,12 +57,11 @@ def _libs():
                                              ctypes.POINTER(ctypes.c_size_t)]
     ggml.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
     ggml.ggml_backend_dev_buffer_type.argtypes = [ctypes.c_void_p]
-    cpu.ggml_backend_cpu_buffer_type.restype = ctypes.c_void_p
-    return ggml, cpu
+    return ggml
 
 
 def _handles() -> list[tuple[Device, int]]:
-    ggml, _ = _libs()
+    ggml = _libs()
     out = []
     for i in range(ggml.ggml_backend_dev_count()):
         dev = ggml.ggml_backend_dev_get(i)
@@ -79,13 +78,15 @@ def devices() -> list[Device]:
 
 
 def buffer_type(device: str) -> int:
-    """The ggml buffer type handle for a device name ("CPU" → the plain CPU buffer type)."""
-    ggml, cpu = _libs()
-    if device.upper() == "CPU":
-        return cpu.ggml_backend_cpu_buffer_type()
+    """The ggml buffer type handle for a device name ("CPU": the CPU device's).
+
+    Taken from llama.cpp's own device registry, as llama.cpp's `--override-tensor` does: a GPU
+    build may load its CPU backend as a separate variant library, and a buffer type from another
+    copy of libggml-cpu would belong to no device llama.cpp knows."""
+    ggml = _libs()
     found = _handles()
     for d, handle in found:
-        if d.name == device:
+        if d.name == device or (device.upper() == "CPU" and d.kind == "cpu"):
             return ggml.ggml_backend_dev_buffer_type(handle)
     names = ", ".join(["CPU"] + [d.name for d, _ in found if d.kind != "cpu"])
     raise EdgedsError(f"unknown device {device!r} for a tensor override: available devices are {names}")

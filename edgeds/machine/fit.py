@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from edgeds.errors import ModelNotFound
+from edgeds.machine import tensors
+from edgeds.machine.placement import Placement, TensorTable, plan
 from edgeds.machine.memory import GPU_RESERVE, OVERHEAD, Estimate, Geometry, estimate, gpu_reserve
 
 CTX_STEP = 1024
@@ -31,37 +33,45 @@ class Footprint:
     def estimate(self, n_ctx: int) -> Estimate:
         return estimate(self.geometry, self.weights, n_ctx, expert_weights=self.expert_weights)
 
+    table: TensorTable | None = None  # per-layer bytes, for a placement plan
+
     @classmethod
-    def from_registry(cls, entry, source) -> "Footprint":
-        """A registry quant, sized from the registry (nothing downloaded); the expert share
-        comes from the parameter counts."""
-        s = entry.shape
-        experts = 0
-        if s.is_moe:
-            expert_params = (s.n_layers - s.n_dense_layers) * s.n_experts * 3 * s.n_embd * s.expert_ff
-            experts = int(source.size * min(expert_params / entry.params_total, 0.99))
-        return cls(f"{entry.id}:{source.quant}", Geometry.from_shape(s, entry.context_length),
-                   entry.context_length, source.size, experts)
+    def from_registry(cls, entry, source, *, type_for: Callable[[str], str] | None = None,
+                      label: str | None = None) -> "Footprint":
+        """A registry model sized from its shape (nothing downloaded): under `type_for` (a quant
+        recipe's tensor types), or else as the published quant `source`, whose per-tensor types
+        are not known (`tensors.sized_like_published`)."""
+        geom = Geometry.from_shape(entry.shape, entry.context_length)
+        shapes = tensors.tensor_shapes(entry.architecture, entry.shape)
+        sizes = tensors.sized(shapes, type_for) if type_for else tensors.sized_like_published(shapes, source.size)
+        table = TensorTable.from_sizes(sizes, geom)
+        return cls(label or f"{entry.id}:{source.quant}", geom, entry.context_length, table.total,
+                   sum(table.layer_experts), table)
 
     @classmethod
     def from_gguf(cls, info) -> "Footprint":
         """From a `catalog.gguf.GgufInfo` (exact weights from the tensor table)."""
-        geom = Geometry.from_metadata(info.metadata)
-        return cls(str(info.path), geom, geom.n_ctx_train or 4096, info.tensor_bytes, info.expert_bytes)
+        table = TensorTable.from_gguf(info)
+        geom = table.geometry
+        return cls(str(info.path), geom, geom.n_ctx_train or 4096, info.tensor_bytes, info.expert_bytes, table)
+
+    def placement(self, *, vram: int, n_ctx: int, depth: int | None = None) -> Placement:
+        """The placement plan for a GPU with `vram` bytes free (0: CPU only)."""
+        return plan(self.table, gpu_free=vram, n_ctx=n_ctx, depth=depth)
 
 
 def footprint(spec: str) -> Footprint:
-    """A GGUF file or a registry id[:QUANT] (which need not be downloaded)."""
+    """A GGUF file, a name from `edgeds add`, or a registry id[:QUANT] or Ollama name (which
+    need not be downloaded)."""
     from edgeds.catalog.gguf import read_gguf
-    from edgeds.catalog.registry import load_registry
+    from edgeds.catalog.resolve import find, find_added
 
     path = Path(spec).expanduser()
+    if not path.is_file() and (added := find_added(spec)) is not None:
+        path = added.path
     if path.is_file():
         return Footprint.from_gguf(read_gguf(path))
-    try:
-        return Footprint.from_registry(*load_registry().find(spec))
-    except ModelNotFound:
-        raise ModelNotFound(f"{spec}: not a file and not a registry model (`edgeds list` shows them)") from None
+    return Footprint.from_registry(*find(spec))
 
 
 @dataclass(frozen=True)

@@ -118,12 +118,18 @@ def sized_like_published(shapes, total_bytes: int) -> list[tuple[str, int]]:
     from edgeds.catalog.gguf import expert_layer
 
     shapes = list(shapes)
-    hot = sized([(n, d) for n, d in shapes if expert_layer(n) is None], lambda _: HOT_TYPE_OF_PUBLISHED)
     experts = [(n, d) for n, d in shapes if expert_layer(n) is not None]
-    room = max(total_bytes - sum(b for _, b in hot), 0)
-    elements = [_elements(d) for _, d in experts]
-    scale = room / max(sum(elements), 1)
-    return hot + [(n, int(e * scale)) for (n, _), e in zip(experts, elements)]
+    if not experts:  # a dense model: every tensor at the file's average bits per weight
+        return _scaled(shapes, total_bytes)
+    hot = sized([(n, d) for n, d in shapes if expert_layer(n) is None], lambda _: HOT_TYPE_OF_PUBLISHED)
+    return hot + _scaled(experts, max(total_bytes - sum(b for _, b in hot), 0))
+
+
+def _scaled(shapes, total_bytes: int) -> list[tuple[str, int]]:
+    """`total_bytes` shared among the tensors in proportion to their elements."""
+    elements = [_elements(d) for _, d in shapes]
+    scale = total_bytes / max(sum(elements), 1)
+    return [(n, int(e * scale)) for (n, _), e in zip(shapes, elements)]
 
 
 def _elements(dims: Dims) -> int:
