@@ -65,6 +65,24 @@ class Recipe:
                 return ttype
         return None
 
+    def main_type(self, tensor_name: str) -> str:
+        """The rule type for a tensor, else the main tensor type of the base file type: an
+        estimate of llama.cpp's mixture for sizing before a file exists (`edgeds fit --recipe`)."""
+        return self.type_for(tensor_name) or base_tensor_type(self.base)
+
+
+# llama.cpp file types whose main tensor type is not their own name less its size suffix
+_FTYPE_MAIN = {"IQ2_M": "iq2_s", "IQ3_XS": "iq3_s", "IQ3_M": "iq3_s", "MXFP4_MOE": "mxfp4"}
+
+
+def base_tensor_type(ftype: str) -> str:
+    """The ggml type most tensors of a llama.cpp file type get (Q4_K_M → q4_k, IQ2_XXS → iq2_xxs)."""
+    name = ftype.upper()
+    if name in _FTYPE_MAIN:
+        return _FTYPE_MAIN[name]
+    lower = name.lower()
+    return lower if lower in GGML_TYPES else lower.rsplit("_", 1)[0]
+
 
 def _load_table() -> dict[str, Recipe]:
     source = "edgeds.convert/recipes.toml"

@@ -48,6 +48,9 @@ GENERATION_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "allow_system": ((bool,), True),
     "forces_think": ((bool,), True),
     "max_tokens":   ((int,), True),
+    "top_k":          ((int,), False),  # defaults: the Generation dataclass below
+    "min_p":          (_NUMBER, False),
+    "repeat_penalty": (_NUMBER, False),
 }
 SHAPE_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "n_layers":         ((int,), True),
@@ -59,6 +62,7 @@ SHAPE_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "n_ff":             ((int,), True),
     "n_vocab":          ((int,), True),
     "kv_lora_rank":     ((int,), False),  # MLA (deepseek2)
+    "q_lora_rank":      ((int,), False),  # MLA with a compressed query (V3, R1)
     "qk_rope_head_dim": ((int,), False),
     "n_experts":        ((int,), False),  # MoE
     "n_experts_used":   ((int,), False),
@@ -86,7 +90,7 @@ KNOWN_QUANTS = frozenset({
     "IQ2_XXS", "IQ1_M", "IQ1_S", "TQ1_0", "TQ2_0", "MXFP4",
 })
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name
 _HEADER = re.compile(r'^\s*\[\s*models\.("?)([^"\]]+?)\1\s*[\].]')
 
 
@@ -96,12 +100,12 @@ def is_known_quant(name: str) -> bool:
 
 def is_relative_name(name: str) -> bool:
     """A path inside a repository (or a revision): '/'-separated plain names, none of them empty,
-    '.' or '..', and no backslash; the hub cache joins it onto its own folders."""
-    return "\\" not in name and all(part not in ("", ".", "..") for part in name.split("/"))
+    '.' or '..', no backslash or control character; the hub cache joins it onto its own folders."""
+    return name.isprintable() and "\\" not in name and all(part not in ("", ".", "..") for part in name.split("/"))
 
 
 def is_repo_id(repo: str) -> bool:
-    return bool(_REPO_ID.match(repo)) and is_relative_name(repo)
+    return bool(_REPO_ID.fullmatch(repo)) and is_relative_name(repo)
 
 
 # ------------------------------------------------------------------------------------------
@@ -131,11 +135,18 @@ class QuantSource:
 
 @dataclass(frozen=True)
 class Generation:
+    """A model's sampling defaults. top_k 0 (off) and min_p 0.05 cut the improbable tail the way
+    llama-server does by default; repeat_penalty 1.0 is off, as DeepSeek recommends no penalty
+    and reasoning repeats numbers and names on purpose (`edgeds.runtime.params.ModelDefaults`)."""
+
     temperature: float
     top_p: float
     allow_system: bool
     forces_think: bool
     max_tokens: int
+    top_k: int = 0
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,7 @@ class Shape:
     n_vocab: int
     head_dim_v: int | None = None
     kv_lora_rank: int | None = None
+    q_lora_rank: int | None = None
     qk_rope_head_dim: int | None = None
     n_experts: int = 0
     n_experts_used: int = 0
@@ -339,6 +351,11 @@ def _build_entry(where: _Where, model_id: str, raw: dict[str, Any]) -> RegistryE
         raise where.error(model_id, "generation.temperature", f"must be in [0, 2], got {gen['temperature']}")
     if gen["max_tokens"] < 1:
         raise where.error(model_id, "generation.max_tokens", f"must be at least 1, got {gen['max_tokens']}")
+    for key, lo, hi in (("top_k", 0, None), ("min_p", 0, 1), ("repeat_penalty", 1, 2)):
+        value = gen.get(key)
+        if value is not None and (value < lo or (hi is not None and value > hi)):
+            bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise where.error(model_id, f"generation.{key}", f"must be {bounds}, got {value}")
     values = {k: raw[k] for k in ENTRY_KEYS if k not in ("generation", "shape", "quants")}
     return RegistryEntry(
         id=model_id, generation=Generation(**gen), shape=shape, quants=quants, **values

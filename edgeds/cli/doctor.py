@@ -54,15 +54,23 @@ def doctor(
 @app.command("fit")
 def fit_cmd(
     model: str = typer.Argument(..., help="A registry id[:QUANT] (no download needed) or a GGUF file."),
-    ctx: Optional[int] = typer.Option(None, "--ctx", min=256, help="Context length (default: the model's)."),
+    ctx: Optional[int] = typer.Option(None, "--n-ctx", "--ctx", min=256, help="Context length (default: the model's)."),
     ram: Optional[float] = typer.Option(None, "--ram", help="Pretend this much free RAM (GiB)."),
     vram: Optional[float] = typer.Option(None, "--vram", help="Pretend this much free VRAM (GiB)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Size a registry model as `edgeds quantize` "
+                                         "would write it with this recipe or type (moe-iq1, Q4_K_M, ...)."),
 ) -> None:
-    """Memory a model needs at a context length, and whether and how it fits here."""
+    """Memory a model needs at a context length, whether and how it fits, its placement plan and
+    its predicted decode speed.
+
+    Examples:
+      edgeds fit r1:UD-IQ1_S --vram 24 --ram 128 --n-ctx 8192
+      edgeds fit r1 --recipe moe-iq1 --vram 24 --ram 128 --n-ctx 8192
+    """
     from edgeds.machine import fit
     from edgeds.machine.hardware import detect
 
-    footprint = fit.footprint(model)
+    footprint = _footprint(model, recipe)
     n_ctx = ctx or footprint.context_limit
     e = footprint.estimate(n_ctx)
     typer.echo(f"{footprint.label} at context {n_ctx}:")
@@ -78,3 +86,19 @@ def fit_cmd(
         raise typer.Exit(1)
     typer.echo(f"fits: {result.mode}, up to {_ctx(result.max_ctx)} context here "
                f"({gib(ram_b)} RAM, {gib(vram_b)} VRAM free)")
+    if footprint.table is not None:
+        typer.echo(f"plan: {footprint.placement(vram=vram_b, n_ctx=min(n_ctx, result.max_ctx)).explanation}")
+
+
+def _footprint(model: str, recipe: str | None):
+    """The model as `edgeds fit` sizes it: as it is, or (a registry model) under a recipe."""
+    from edgeds.machine import fit
+
+    if recipe is None:
+        return fit.footprint(model)
+    from edgeds.catalog.resolve import find
+    from edgeds.convert.recipes import get_recipe
+
+    chosen = get_recipe(recipe)
+    entry, source = find(model)
+    return fit.Footprint.from_registry(entry, source, type_for=chosen.main_type, label=f"{entry.id} as {chosen.name}")

@@ -13,7 +13,8 @@ from edgeds.cli.interrupt import interruptible
 
 @app.command("quantize")
 def quantize(
-    src: Path = typer.Argument(..., help="The GGUF to quantize (F16/BF16/F32, or --allow-requantize)."),
+    src: Path = typer.Argument(..., help="The GGUF to quantize (F16/BF16/F32, or --allow-requantize); with --dry-run "
+                               "also a registry id, planned on its tensor table without downloading it."),
     out: Optional[Path] = typer.Argument(None, help="The GGUF to write."),
     quant: Optional[str] = typer.Argument(None, help="A recipe (moe-q2, moe-q3, moe-q4, ...) or llama.cpp type (Q4_K_M, Q8_0, ...)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print each tensor's type and the resulting size; write nothing."),
@@ -41,7 +42,12 @@ def quantize(
         raise UsageError(f"--layout {layout!r}: use auto or plain")
     if dry_run:
         with interruptible("quantize --dry-run"):
-            plan = q.plan_quantization(src, quant)
+            if src.is_file():
+                plan = q.plan_quantization(src, quant)
+            else:  # a registry id: planned on its header-only tensor table, nothing downloaded
+                from edgeds.convert.synthetic import plan_registry_quantization
+
+                plan = plan_registry_quantization(str(src), quant)
         for t in plan.tensors:
             shape = "x".join(str(d) for d in t.shape)
             typer.echo(f"{t.name:40s} {shape:>20s} {t.old_type:>6s} -> {t.new_type:<7s} {t.new_bytes / 2**20:10.2f} MiB")
