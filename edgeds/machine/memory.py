@@ -85,6 +85,12 @@ class Geometry:
             n_experts_used=get("expert_used_count"),
         )
 
+    def attention_bytes(self, depth: int) -> int:
+        """Bytes one token's attention reads per layer over `depth` cached tokens: the layer's KV
+        cache, once per KV head group; MLA attends over its compressed latent once per query head."""
+        per_token_layer = self.kv_bytes_per_token() // max(self.n_layers, 1)
+        return depth * per_token_layer * (max(self.n_head, 1) if self.kv_lora_rank is not None else 1)
+
     def kv_bytes_per_token(self) -> int:
         """f16 KV cache bytes one token takes (MLA models cache the latent, not the heads)."""
         if self.kv_lora_rank is not None:

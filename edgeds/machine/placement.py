@@ -233,11 +233,11 @@ def _work(table: TensorTable, layout: _Layout, depth: int) -> TokenWork:
     output_on_gpu = layout.n_gpu_layers > n
     gpu_w += table.output if output_on_gpu else 0
     cpu_w += 0 if output_on_gpu else table.output
-    kv = table.kv_per_token_layer * depth
+    attention = table.geometry.attention_bytes(depth)
     n_gpu = n - first_gpu
     boundaries = (1 if 0 < n_gpu < n else 0) + (1 if n_gpu and not output_on_gpu else 0)
-    return TokenWork(gpu_weight_bytes=gpu_w, cpu_weight_bytes=cpu_w, gpu_kv_bytes=kv * n_gpu,
-                     cpu_kv_bytes=kv * (n - n_gpu), transitions=2 * len(cpu_parts) + boundaries,
+    return TokenWork(gpu_weight_bytes=gpu_w, cpu_weight_bytes=cpu_w, gpu_attention_bytes=attention * n_gpu,
+                     cpu_attention_bytes=attention * (n - n_gpu), transitions=2 * len(cpu_parts) + boundaries,
                      experts_split=bool(cpu_parts))
 
 
