@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import MoeOffload, read_grammar
+from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, read_grammar
 from edgeds.errors import EdgedsError, UsageError
 
 
@@ -24,8 +24,13 @@ def run(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Most tokens to generate (reasoning included)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (model default: 0.6)."),
     top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, help="Nucleus sampling (model default: 0.95)."),
+    top_k: Optional[int] = TopK,
+    min_p: Optional[float] = MinP,
+    repeat_penalty: Optional[float] = RepeatPenalty,
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed, for repeatable output."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", min=256, help="Context length (default: trained length, capped by RAM)."),
+    threads: Optional[int] = Threads,
+    no_think_prefix: bool = NoThinkPrefix,
     system: Optional[str] = typer.Option(None, "--system", help="System prompt (R1 models get it folded into the first user turn)."),
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file that constrains the output."),
     moe_offload: str = MoeOffload,
@@ -33,7 +38,11 @@ def run(
                                            "(llama-server, vLLM, edgeds serve) instead; MODEL is then its model name."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEDS_API_KEY", help="API key for --endpoint."),
 ) -> None:
-    """Generate one reply: reasoning (dim, stderr) then the answer (stdout)."""
+    """Generate one reply: reasoning (dim, stderr) then the answer (stdout).
+
+    With stdout redirected and stderr on a terminal, a line on stderr counts the tokens. A reply
+    that ends inside its think block says so on stderr ("stopped while thinking: ...").
+    """
     from edgeds.runtime.params import GenerationParams
     from edgeds.runtime.request import with_system
     from edgeds.serving.terminal import Output, show
@@ -56,11 +65,16 @@ def run(
     else:
         from edgeds.loader import open_engine
 
-        engine = open_engine(model, n_ctx=n_ctx, moe_offload=moe_offload)
+        depth = len(prompt) // 2 + max_tokens if max_tokens else None  # a short reply plans for less
+        engine = open_engine(model, n_ctx=n_ctx, n_threads=threads, moe_offload=moe_offload,
+                             think_prefix=not no_think_prefix, depth=depth)
         if verbose or (sys.stderr.isatty() and not json_lines):
             print(f"edgeds: {engine.placement}", file=sys.stderr)
     messages = with_system([{"role": "user", "content": prompt}], system)
-    params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, grammar=grammar_text)
+    params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                              repeat_penalty=repeat_penalty, seed=seed, grammar=grammar_text)
+    output = Output(json_lines, hide_reasoning, verbose,
+                    progress=not json_lines and not sys.stdout.isatty() and sys.stderr.isatty())
 
     def interrupt(signum, frame):  # first Ctrl-C ends the generation cleanly; a second one aborts
         engine.cancel()
@@ -68,7 +82,7 @@ def run(
 
     previous = signal.signal(signal.SIGINT, interrupt)
     try:
-        stats = show(engine.generate(messages, params), Output(json_lines, hide_reasoning, verbose))
+        stats = show(engine.generate(messages, params), output)
     finally:
         signal.signal(signal.SIGINT, previous)
     if stats.finish_reason == "error":
