@@ -89,7 +89,7 @@ def _entry(path: Path, name: str, info: Any, base: int, size: int) -> TensorEntr
             and 0 <= offsets[0] <= offsets[1]):
         raise corrupt(f"data_offsets {offsets!r} is not [begin, end] with 0 <= begin <= end")
     if dtype not in DTYPES:
-        raise ConversionError(f"{path}: tensor {name!r} has dtype {dtype}; supported: {', '.join(DTYPES)}")
+        raise ConversionError(f"{path}: tensor {name!r} has dtype {dtype!r}; supported: {', '.join(DTYPES)}")
     begin, end = offsets
     expected = DTYPES[dtype][0] * math.prod(shape)
     if end - begin != expected:
@@ -132,7 +132,7 @@ def inside(folder: Path, name: Any) -> Path | None:
     A link may lead out of the folder only into the hub cache's blob store of the same repository:
     a hub snapshot (`…/models--OWNER--NAME/snapshots/REV/`) holds links to `../../blobs/`.
     """
-    if not isinstance(name, str) or not name or "\\" in name:
+    if not isinstance(name, str) or not name or "\\" in name or not name.isprintable():
         return None
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts:

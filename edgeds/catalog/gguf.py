@@ -51,6 +51,7 @@ MAX_DIMS = 4        # GGML_MAX_DIMS
 MAX_ELEMENTS = (1 << 63) - 1  # llama.cpp counts a tensor's elements in int64
 KEY_ALIGNMENT = "general.alignment"
 _LAYER = re.compile(r"^blk\.(\d+)\.")
+_ARCH = re.compile(r"[\w-]+")  # llama.cpp's names: llama, qwen2, deepseek2, t5encoder, ...
 
 # `{arch}.KEY` → (lowest, highest): hyperparameters llama.cpp asserts on while loading (an abort,
 # not an error) — LLAMA_MAX_LAYERS and LLAMA_MAX_EXPERTS in llama-hparams.
@@ -282,8 +283,8 @@ def check_model(path: Path, metadata: dict[str, Any], tensors: tuple[TensorInfo,
     arch = metadata.get("general.architecture")
     if arch is None:
         return
-    if not isinstance(arch, str):
-        raise EdgedsError(f"{path}: general.architecture must be a string, not {arch!r}")
+    if not isinstance(arch, str) or not _ARCH.fullmatch(arch):
+        raise EdgedsError(f"{path}: general.architecture {arch!r} is not an architecture name")
     for key, (low, high) in LIMITS.items():
         value = metadata.get(f"{arch}.{key}")
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high):
