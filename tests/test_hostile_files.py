@@ -348,3 +348,28 @@ def test_json_nested_past_the_recursion_limit_is_an_error_row():
     row = parse_row("[" * 100_000, index=0, line=7, defaults=GenerationParams())
     assert row.error == "line 7: not valid JSON (nested too deeply)"
     assert math.isfinite(json.loads('{"t": 1}')["t"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. A Ctrl-C that lands in llama.cpp's log callback is kept, not discarded by ctypes
+
+
+def test_ctrl_c_inside_the_llama_log_callback_is_raised_after_llama_cpp_returns(capfd):
+    """Python runs the SIGINT handler inside the ctypes callback when llama.cpp logs from the main
+    thread (loading a model); ctypes printed "Exception ignored ... KeyboardInterrupt" and went on."""
+    from edgeds.llamacpp import backend
+
+    def interrupted(message):  # the handler's KeyboardInterrupt, raised inside the callback
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with backend.captured_llama_log() as log:
+            backend._log_sinks.insert(0, interrupted)
+            try:
+                backend._on_llama_log(2, b"llama_model_loader: loaded meta data\n", None)  # through ctypes
+            finally:
+                backend._log_sinks.remove(interrupted)
+            assert log == []  # the block goes on until llama.cpp returns
+    assert "Exception ignored" not in capfd.readouterr().err
+    with backend.captured_llama_log():  # raised once, not again
+        pass
