@@ -119,14 +119,15 @@ def test_block_count_out_of_llama_cpp_range(tmp_path, smollm2_path, block_count,
     assert "llama.block_count" in err
 
 
-@pytest.mark.slow  # two CLI subprocesses around a real model
-def test_block_count_600_fails_run_and_quantize_with_one_line(tmp_path, smollm2_path):
+@pytest.mark.slow  # CLI subprocesses around a real model
+def test_block_count_600_fails_run_quantize_bench_and_eval_with_one_line(tmp_path, smollm2_path):
     model = patched_u32(smollm2_path, tmp_path / "m.gguf", "llama.block_count", 600)
-    run = edgeds_process("run", model, "hi", "--max-tokens", 1)
-    assert "llama.block_count = 600 is out of range" in one_line_error(run)
-    quantize = edgeds_process("quantize", model, tmp_path / "q.gguf", "Q8_0")
-    assert "llama.block_count = 600 is out of range" in one_line_error(quantize)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+    text = tmp_path / "t.txt"
+    text.write_text("some text " * 100)
+    for args in (["run", model, "hi", "--max-tokens", 1], ["quantize", model, tmp_path / "q.gguf", "Q8_0"],
+                 ["bench", model, "-r", 1], ["eval", model, "--ref", smollm2_path, "--text", text]):
+        assert "llama.block_count = 600 is out of range" in one_line_error(edgeds_process(*args)), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "t.txt"]
 
 
 def test_block_count_must_match_the_layers_in_the_tensor_table(tmp_path, smollm2_path):

@@ -167,9 +167,11 @@ def run_bench(path: Path, *, n_prompt: int = 512, n_gen: int = 128, reps: int = 
               threads: int | None = None, engine: bool = True) -> BenchResult:
     """Both runners loaded side by side, one warm-up each, then their repetitions alternate so
     drift in machine load (these machines are shared) hits both alike."""
+    from edgeds.catalog.gguf import read_gguf
     from edgeds.machine.hardware import physical_cores
     from edgeds.llamacpp.backend import gpu_offload_supported
 
+    read_gguf(path)  # a header llama.cpp would abort on fails here, with one line
     threads = threads or physical_cores()
     gpu = gpu_offload_supported()
     runners = [RawLoop(path, n_prompt=n_prompt, n_gen=n_gen, threads=threads, n_gpu_layers=-1 if gpu else 0)]

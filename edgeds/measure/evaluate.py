@@ -65,12 +65,14 @@ def evaluate(model_path: str | os.PathLike[str], ref_path: str | os.PathLike[str
     """Perplexity of `model_path` and KL divergence of its distributions from `ref_path`'s on `text`."""
     import numpy as np
 
+    from edgeds.catalog.gguf import read_gguf
     from edgeds.llamacpp.binding import Context, LoadOptions, Model
 
     model_path, ref_path = Path(model_path), Path(ref_path)
     for p in (model_path, ref_path):
         if not p.is_file():
             raise EdgedsError(f"{p}: no such file")
+        read_gguf(p)  # a header llama.cpp would abort on fails here, with one line
     if n_ctx < 16:
         raise EdgedsError(f"--n-ctx {n_ctx}: use at least 16 tokens per chunk")
     ref = Model(ref_path, LoadOptions())
