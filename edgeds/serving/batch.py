@@ -1,7 +1,8 @@
 """`edgeds batch`: a JSONL file of prompts → a JSONL file of reasoning + answer rows.
 
 - Input rows: `{"id": …, "prompt": "…"}` or `{"id": …, "messages": [...]}` with optional
-  `max_tokens`, `temperature`, `top_p`, `seed`, `system`; a missing id becomes the line number.
+  `max_tokens`, `temperature`, `top_p`, `seed`, `system`; a missing id becomes the line number,
+  and an id that repeats an earlier row's (a line number included) makes the later row an error.
 - A bad row (not JSON, unknown key, wrong type, prompt too long) gets an output row with
   `error` set, naming the line and key; the run goes on.
 - Output rows come in input order. Rows finish out of order when several run in parallel: the
