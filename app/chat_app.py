@@ -15,7 +15,7 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, ListView
 
 from edgeds.errors import EdgedsError
@@ -26,9 +26,11 @@ from edgeds.app import workers
 from edgeds.app.chat import ChatView
 from edgeds.app.commands import COMMANDS
 from edgeds.app.conversations import ConversationItem, ConversationList
+from edgeds.app.header import model_label
 from edgeds.app.keymap import keymap_path, load_keymap
 from edgeds.app.messages import ModelFailed, ModelLoaded
-from edgeds.app.screens import TextPrompt
+from edgeds.app.model_choices import model_choices, remember_model
+from edgeds.app.screens import FilePicker, ModelPicker
 
 
 def _chat_attribute(name: str) -> property:
@@ -53,16 +55,18 @@ class ChatApp(App):
 
     CSS_PATH = Path(__file__).with_name("edgeds.tcss")  # absolute: subclasses live elsewhere
     TITLE = "edgeds chat"
+    # Footer labels are short, and few, so that the footer fits 80 columns. Copy and export are priority
+    # bindings: the prompt box (a TextArea) would take Ctrl+Y (redo) and Ctrl+E (end of line).
     BINDINGS = [
-        Binding("escape", "cancel", "Cancel", id="chat.cancel"),
-        Binding("ctrl+n", "new_chat", "New chat", id="chat.new"),
-        Binding("ctrl+t", "toggle_reasoning", "Thinking", id="chat.toggle_reasoning"),
+        Binding("escape", "cancel", "Stop", id="chat.cancel"),
+        Binding("ctrl+t", "toggle_thinking", "Think", id="chat.toggle_reasoning"),
+        Binding("ctrl+n", "new_chat", "New chat", id="chat.new", show=False),
         Binding("ctrl+b", "toggle_sidebar", "Chats", id="chat.sidebar"),
+        Binding("ctrl+l", "switch_model", "Model", id="chat.model"),
         Binding("ctrl+o", "attach", "Attach", id="chat.attach"),
-        Binding("ctrl+y", "copy_reply", "Copy", id="chat.copy_reply"),
-        Binding("ctrl+l", "switch_model", "Model", id="chat.model", show=False),
+        Binding("ctrl+y", "copy_reply", "Copy", id="chat.copy_reply", priority=True),
         Binding("f2", "rename", "Rename", id="chat.rename", show=False),
-        Binding("ctrl+e", "export", "Export", id="chat.export", show=False),
+        Binding("ctrl+e", "export", "Export", id="chat.export", show=False, priority=True),
     ]
 
     # The conversation on screen, read through the app (callers and tests use these names).
@@ -105,7 +109,7 @@ class ChatApp(App):
         with Horizontal():
             yield ConversationList(self.store, id="sidebar")
             yield self.chat
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         try:
@@ -131,6 +135,11 @@ class ChatApp(App):
         """Attach a text file to the next prompt (DeepSeek's file template); notify on failure."""
         return self.chat.attach_file(path)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """While a dialog is open, its text box keeps the priority keys (Ctrl+E: end of line)."""
+        priority = {binding.action for binding in self.BINDINGS if binding.priority}
+        return not (action in priority and isinstance(self.screen, ModalScreen))
+
     def _refuse_while_generating(self) -> bool:
         """True, with a warning, while a reply is streaming."""
         if self.generating:
@@ -146,7 +155,7 @@ class ChatApp(App):
     def _refresh_sidebar(self) -> None:
         self.sidebar.show(self.conversation_id)
 
-    def on_chat_view_sent(self, _: ChatView.Sent) -> None:
+    def on_chat_view_changed(self, _: ChatView.Changed) -> None:
         self._refresh_sidebar()
 
     async def load_conversation(self, conversation_id: int | None) -> None:
@@ -187,8 +196,11 @@ class ChatApp(App):
     def action_cancel(self) -> None:
         self.chat.cancel()
 
-    def action_toggle_reasoning(self) -> None:
-        self.chat.toggle_reasoning()
+    def action_toggle_thinking(self) -> None:
+        self.chat.toggle_thinking()
+
+    def action_toggle_all_reasoning(self) -> None:
+        self.chat.toggle_all_reasoning()
 
     def action_copy_reply(self) -> None:
         self.chat.copy_reply()
@@ -197,7 +209,7 @@ class ChatApp(App):
         self.chat.copy_code()
 
     def action_attach(self) -> None:
-        self.push_screen(TextPrompt("Attach a text file", ""), lambda p: p and self.attach_file(p))
+        self.push_screen(FilePicker("Attach a text file", Path.cwd()), lambda p: p and self.attach_file(p))
 
     def action_remove_attachment(self) -> None:
         self.chat.remove_attachment()
@@ -207,20 +219,12 @@ class ChatApp(App):
     def action_switch_model(self) -> None:
         if self._refuse_while_generating():
             return
-        from edgeds.catalog.registry import load_registry
-
-        try:
-            suggestions = [entry.id for entry in load_registry()]
-        except EdgedsError:
-            suggestions = []
-        self.push_screen(
-            TextPrompt("Model: a GGUF path or a registry id", self.model_spec or "", suggestions=suggestions),
-            lambda spec: spec and self.switch_model(spec),
-        )
+        self.push_screen(ModelPicker(self.model_spec or "", model_choices()),
+                         lambda spec: spec and self.switch_model(spec))
 
     def switch_model(self, spec: str) -> None:
         """Load `spec` (a GGUF path or registry id) in the background; it replaces the current model."""
-        self.chat.refresh_header(f"loading {spec} …")
+        self.chat.refresh_header(f"loading {model_label(spec)} …")
         self._load(spec)
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
@@ -231,10 +235,11 @@ class ChatApp(App):
         engine = message.engine
         if self.engine is not None and self._owns_engine:
             self.engine.close()
-        self.chat.use_engine(engine)
+        self.chat.use_engine(engine, model_label(message.spec))
         self._owns_engine = True
         self.model_spec = message.spec
-        self.notify(f"Loaded {engine.name}" + (f": {engine.placement}" if engine.placement else ""))
+        remember_model(message.spec)
+        self.notify(f"Loaded {model_label(message.spec)}" + (f": {engine.placement}" if engine.placement else ""))
 
     def on_model_failed(self, message: ModelFailed) -> None:
         self.chat.refresh_header()

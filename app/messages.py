@@ -15,12 +15,20 @@ from edgeds.events import Stats
 
 
 @dataclass
+class TurnStarted(Message, bubble=False):
+    """The running turn's prompt is known: how many tokens of the context it takes."""
+
+    prompt_tokens: int
+
+
+@dataclass
 class TurnDelta(Message, bubble=False):
     """New reasoning and/or answer text of the running turn (several tokens joined)."""
 
     reasoning: str
     answer: str
     reasoning_pieces: int  # reasoning deltas in this batch (about one per token)
+    pieces: int  # all deltas in this batch, reasoning and answer: about the tokens generated
 
 
 @dataclass

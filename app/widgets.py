@@ -33,11 +33,15 @@ def code_blocks(markdown: str) -> list[str]:
 
 
 class PromptInput(TextArea):
-    """Multi-line prompt: Enter sends; Shift+Enter, Ctrl+J or Alt+Enter insert a newline."""
+    """Multi-line prompt: Enter sends; Shift+Enter, Ctrl+J or Alt+Enter insert a newline.
+
+    The app's Ctrl+Y (copy) and Ctrl+E (export) are priority bindings, so they win over the
+    text area's redo and end-of-line keys (End still goes to the end of the line).
+    """
 
     BINDINGS = [
-        Binding("enter", "submit", "Send", id="prompt.send", priority=True),
-        Binding("shift+enter,ctrl+j,alt+enter", "newline", "Newline", key_display="⇧↵/^J/M-↵", id="prompt.newline", priority=True),
+        Binding("enter", "submit", "Send", id="prompt.send", priority=True, show=False),
+        Binding("shift+enter,ctrl+j,alt+enter", "newline", "Newline", key_display="⇧↵", id="prompt.newline", priority=True),
     ]
 
     @dataclass
@@ -66,18 +70,42 @@ class UserMessage(Static):
 
 
 class ThinkingSection(Collapsible):
-    """The reasoning of one reply: open while the model thinks, collapsed once it answers."""
+    """The reasoning of one reply: open while the model thinks, collapsed once it answers.
+
+    A click on its title line (or Enter on the focused title, or Ctrl+T for the last reply)
+    opens and closes it.
+    """
 
 
-def stats_line(stats: Stats) -> str:
+# A reply that ended before its answer began: what its message says, by finish_reason, where
+# its stats do not say (stats stored before they had `stopped_thinking`).
+THINKING_STOPS = {
+    "length": "stopped while thinking: max tokens reached",
+    "cancelled": "cancelled while thinking",
+    "error": "failed while thinking",
+}
+
+
+def thinking_stop(stats: Stats | None, finish_reason: str | None, reasoning: str, answer: str) -> str | None:
+    """Why a finished reply has reasoning but no answer (None: it has an answer, or no reasoning)."""
+    note = getattr(stats, "thinking_note", None)  # the engine's word, where its Stats carry one
+    if note:
+        return note
+    if reasoning.strip() and not answer.strip():
+        return THINKING_STOPS.get(finish_reason or "")
+    return None
+
+
+def stats_line(stats: Stats, note: str | None = None) -> str:
+    """ttft · tok/s · tokens, then `note` or the finish reason when it is not "stop"."""
     parts = [
         f"ttft {stats.ttft_s:.2f}s",
         f"{stats.decode_tok_s:.1f} tok/s",
         f"{stats.completion_tokens} tokens"
         + (f" ({stats.reasoning_tokens} thinking)" if stats.reasoning_tokens else ""),
     ]
-    if stats.finish_reason != "stop":
-        parts.append(stats.finish_reason)
+    if note or stats.finish_reason != "stop":
+        parts.append(note or stats.finish_reason)
     return " · ".join(parts)
 
 
@@ -102,14 +130,16 @@ class AssistantMessage(Vertical):
         self._ticker = None
 
     def compose(self) -> ComposeResult:
+        stopped = self.stop_note is not None
         thinking = ThinkingSection(
             Markdown(self.reasoning, classes="reasoning-text"),
-            title=self._thinking_title(), collapsed=not self.streaming, classes="thinking",
+            title=self._thinking_title(), collapsed=not (self.streaming or stopped), classes="thinking",
         )
         thinking.set_class(not (self.reasoning or self.streaming), "-empty")
         yield thinking
         yield Markdown(self.answer, classes="answer")
         yield Static(self._footer(), classes="stats", markup=False)
+        self.set_class(stopped or self.finish_reason in ("cancelled", "error"), "-interrupted")
 
     def on_mount(self) -> None:
         if self.streaming:
@@ -123,19 +153,28 @@ class AssistantMessage(Vertical):
     def answer_view(self) -> Markdown:
         return self.query_one(".answer", Markdown)
 
+    @property
+    def stop_note(self) -> str | None:
+        """Why this finished reply has no answer, when it stopped while the model was thinking."""
+        return None if self.streaming else thinking_stop(self.stats, self.finish_reason, self.reasoning, self.answer)
+
     def _thinking_title(self) -> str:
         if self.streaming and not self.answer:
             seconds = time.monotonic() - getattr(self, "_started", time.monotonic())
             return f"Thinking… {seconds:.1f}s · {self.reasoning_pieces} tokens"
         tokens = self.stats.reasoning_tokens if self.stats else self.reasoning_pieces
         seconds = f"{self.reasoning_s:.1f}s" if self.reasoning_s is not None else ""
-        return " · ".join(p for p in (f"Thought for {seconds}" if seconds else "Thoughts", f"{tokens} tokens" if tokens else "") if p)
+        if self.stop_note:
+            head = self.stop_note.split(":")[0].capitalize() + (f" after {seconds}" if seconds else "")
+        else:
+            head = f"Thought for {seconds}" if seconds else "Thoughts"
+        return " · ".join(p for p in (head, f"{tokens} tokens" if tokens else "") if p)
 
     def _footer(self) -> str:
         if self.stats is not None:
-            return stats_line(self.stats)
+            return stats_line(self.stats, self.stop_note)
         if self.finish_reason and self.finish_reason != "stop":
-            return self.finish_reason
+            return self.stop_note or self.finish_reason
         return "…" if self.streaming else ""
 
     def _tick(self) -> None:
@@ -167,32 +206,39 @@ class AssistantMessage(Vertical):
                 self.answer += answer
             await self._answer_stream.write(answer)
 
-    async def finish(self, stats: Stats | None, finish_reason: str) -> None:
-        """End the stream: one full render of the answer, title and stats settle."""
+    async def stop(self) -> None:
+        """Stop streaming: the title's ticker and the Markdown streams."""
         self.streaming = False
-        self.stats = stats
-        self.finish_reason = finish_reason
         if self._ticker is not None:
             self._ticker.stop()
         for stream in (self._reasoning_stream, self._answer_stream):
             if stream is not None:
                 await stream.stop()
+
+    async def finish(self, stats: Stats | None, finish_reason: str) -> None:
+        """End the stream: one full render of the answer, title and stats settle."""
+        await self.stop()
+        self.stats = stats
+        self.finish_reason = finish_reason
         if self.reasoning_s is None and self.reasoning:
             self.reasoning_s = time.monotonic() - self._started
         await self.answer_view.update(self.answer)
         if self.reasoning:
             await self.query_one(".reasoning-text", Markdown).update(self.reasoning)
-            self.thinking.collapsed = True
+            self.thinking.collapsed = self.stop_note is None  # no answer: the reasoning stays in view
         self.thinking.set_class(not self.reasoning.strip(), "-empty")
         self.thinking.title = self._thinking_title()
         self.query_one(".stats", Static).update(self._footer())
-        self.set_class(finish_reason in ("cancelled", "error"), "-interrupted")
+        self.set_class(self.stop_note is not None or finish_reason in ("cancelled", "error"), "-interrupted")
 
     def on_click(self, event: events.Click) -> None:
-        """Click copies the answer; a click on a code block copies just that block."""
+        """Click copies the answer; a click on a code block copies just that block. Clicks on
+        the Thinking section are its own (its title line opens and closes it)."""
         widget = event.widget
         fences = list(self.answer_view.query("MarkdownFence"))
         while widget is not None and widget is not self:
+            if isinstance(widget, ThinkingSection):
+                return
             if widget in fences:
                 blocks = code_blocks(self.answer)
                 index = fences.index(widget)

@@ -12,10 +12,10 @@ from typing import Callable
 from textual.message import Message
 
 from edgeds.errors import EdgedsError
-from edgeds.events import Answer, Done, Reasoning
+from edgeds.events import Answer, Done, Reasoning, Stats
 from edgeds.runtime.params import GenerationParams
 
-from edgeds.app.messages import ModelFailed, ModelLoaded, TurnDelta, TurnDone, TurnFailed
+from edgeds.app.messages import ModelFailed, ModelLoaded, TurnDelta, TurnDone, TurnFailed, TurnStarted
 
 FLUSH_S = 0.1  # a reply is posted as at most ~10 deltas a second
 
@@ -25,31 +25,38 @@ def _failure(err: Exception) -> str:
     return str(err) if isinstance(err, EdgedsError) else f"{type(err).__name__}: {err}"
 
 
-def stream_reply(engine, messages: list[dict], params: GenerationParams, post: Callable[[Message], object]) -> None:
-    """Iterate `engine.generate` and post its text as coalesced TurnDeltas, then TurnDone.
+def stream_reply(engine, messages: list[dict], params: GenerationParams, post: Callable[[Message], object],
+                 cancelled: Callable[[], bool] = lambda: False) -> None:
+    """Post TurnStarted with the prompt's length, then `engine.generate`'s text as coalesced
+    TurnDeltas, then TurnDone.
 
     The first delta goes out at once, later ones at most every FLUSH_S; an exception ends
-    the turn with TurnFailed after the text so far.
+    the turn with TurnFailed after the text so far. `cancelled()` turning true stops the
+    generation, also when it turned true before the engine started (`Engine.generate` forgets
+    an earlier `cancel()`).
     """
     reasoning: list[str] = []
     answer: list[str] = []
-    pieces = 0
     last = 0.0
 
     def flush() -> None:
-        nonlocal pieces, last
+        nonlocal last
         if reasoning or answer:
-            post(TurnDelta("".join(reasoning), "".join(answer), pieces))
+            post(TurnDelta("".join(reasoning), "".join(answer), len(reasoning), len(reasoning) + len(answer)))
             reasoning.clear()
             answer.clear()
-            pieces = 0
         last = time.monotonic()
 
     try:
+        post(TurnStarted(len(engine.prompt_tokens(messages)[0])))
+        if cancelled():
+            post(TurnDone(Stats(finish_reason="cancelled")))
+            return
         for event in engine.generate(messages, params):
+            if cancelled():
+                engine.cancel()
             if isinstance(event, Reasoning):
                 reasoning.append(event.text)
-                pieces += 1
             elif isinstance(event, Answer):
                 answer.append(event.text)
             elif isinstance(event, Done):

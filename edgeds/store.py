@@ -185,6 +185,11 @@ class Store:
                 self.db.execute("UPDATE conversation SET updated = ? WHERE id = ?", (now, conversation_id))
         return StoredMessage(cur.lastrowid, role, content, reasoning, finish_reason, stats, reasoning_s)
 
+    def delete_message(self, message_id: int) -> None:
+        """Forget one message (the chat app drops the user turn of a reply the user cancelled)."""
+        with self.db:
+            self.db.execute("DELETE FROM message WHERE id = ?", (message_id,))
+
     def messages(self, conversation_id: int) -> list[StoredMessage]:
         rows = self.db.execute(
             "SELECT id, role, content, reasoning, finish_reason, stats, reasoning_s FROM message"

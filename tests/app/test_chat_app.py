@@ -3,7 +3,7 @@ makes it reason, then answer) and SmolLM2 for plain answers."""
 
 from __future__ import annotations
 
-import time
+import re
 
 import pytest
 
@@ -11,45 +11,15 @@ from edgeds.app import ChatApp
 from edgeds.app.attachments import with_file
 from edgeds.app.chat import ChatView
 from edgeds.app.conversations import ConversationItem
+from edgeds.app.header import ChatHeader
 from edgeds.app.widgets import AssistantMessage, PromptInput, UserMessage
 from edgeds.runtime import Engine
 from edgeds.runtime.params import GenerationParams
 from edgeds.store import Store
+from tests.app.support import RecordingApp, reply_done, send, wait_for
 from tests.conftest import THINK_GRAMMAR
 
 SIZE = (100, 36)
-
-
-async def wait_for(pilot, predicate, timeout: float = 60.0) -> None:
-    """Poll until `predicate()` is true (one pause() is not enough for thread workers)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {predicate.__doc__ or predicate}")
-        await pilot.pause(0.02)
-
-
-async def send(pilot, text: str) -> None:
-    pilot.app.query_one(PromptInput).load_text(text)
-    await pilot.press("enter")
-
-
-async def reply_done(pilot, timeout: float = 90.0) -> AssistantMessage:
-    app = pilot.app
-    await wait_for(pilot, lambda: not app.generating and app.query(AssistantMessage), timeout)
-    return app.query(AssistantMessage).last()
-
-
-class RecordingApp(ChatApp):
-    """The real app, also recording every notification."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.notes: list[tuple[str, str]] = []
-
-    def notify(self, message, *, severity="information", **kwargs):
-        self.notes.append((severity, str(message)))
-        super().notify(message, severity=severity, **kwargs)
 
 
 @pytest.fixture
@@ -105,13 +75,11 @@ async def test_reasoning_opens_streams_and_collapses(tiny, store, streamed_state
         assert reply.thinking.collapsed and str(reply.thinking.title).startswith("Thought for")
         assert f"{app.last_stats.reasoning_tokens} tokens" in str(reply.thinking.title)
         assert reply.answer_view.source == reply.answer
-        # per-message toggle, then the global hide key
+        # a click on the title opens it, Ctrl+T closes it again
         await pilot.click(reply.thinking._title)
         assert not reply.thinking.collapsed
         await pilot.press("ctrl+t")
-        await wait_for(pilot, lambda: not reply.thinking.display, 5)
-        await pilot.press("ctrl+t")
-        await wait_for(pilot, lambda: reply.thinking.display, 5)
+        assert reply.thinking.collapsed and reply.thinking.display
     stored = store.messages(store.conversations()[0].id)
     assert [m.role for m in stored] == ["user", "assistant"]
     assert stored[1].reasoning == reply.reasoning and stored[1].content == reply.answer
@@ -146,25 +114,53 @@ async def test_plain_answer_with_smollm2(smol, store):
         stats = app.last_stats
         assert stats.answer_tokens > 0 and stats.reasoning_tokens == 0
         assert f"{stats.decode_tok_s:.1f} tok/s" in str(reply.query_one(".stats").render())
-        assert f"ctx {stats.prompt_tokens + stats.answer_tokens}/2048" in str(app.query_one("#header").render())
+        assert f"ctx {stats.prompt_tokens + stats.answer_tokens}/2048" in app.query_one(ChatHeader).text
         assert app.query_one(PromptInput).text == ""
 
 
-async def test_cancel_keeps_partial_turn_and_restores_prompt(smol, store):
-    app = ChatApp(engine=smol, params=GenerationParams(max_tokens=2000, seed=2), store=store)
-    prompt = "Write a very long story about a lighthouse keeper."
+async def test_esc_takes_the_exchange_away_and_gives_the_prompt_back(smol, store):
+    """Found as: Esc, then Enter on the restored prompt showed the question twice, and the
+    cancelled reply stayed on screen though the model never saw it again."""
+    short, long = GenerationParams(max_tokens=8, seed=2), GenerationParams(max_tokens=2000, seed=2)
+    app = ChatApp(engine=smol, params=short, store=store)
+    first, prompt = "Name a colour.", "Write a very long story about a lighthouse keeper."
     async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, first)
+        kept = await reply_done(pilot)
+        app.chat.params = long
         await send(pilot, prompt)
         await wait_for(pilot, lambda: app.chat.turn is not None and app.chat.turn.answer)
         await pilot.press("escape")
-        reply = await reply_done(pilot)
+        await wait_for(pilot, lambda: not app.generating)
         assert app.last_stats.finish_reason == "cancelled"
-        assert reply.finish_reason == "cancelled" and reply.has_class("-interrupted")
-        assert reply.answer  # the partial answer stays on screen
-        assert app.query_one(PromptInput).text == prompt
-    conv = store.conversations()[0]
-    assert store.messages(conv.id)[-1].finish_reason == "cancelled"
-    assert store.history(conv.id) == []  # the cancelled turn is not sent back
+        assert [u.text for u in app.query(UserMessage)] == [first]  # the cancelled exchange is gone
+        assert list(app.query(AssistantMessage)) == [kept]
+        assert app.query_one(PromptInput).text == prompt  # back for editing
+        conv = store.conversations()[0]
+        assert [m.content for m in store.messages(conv.id)] == [first, kept.answer]
+        await pilot.press("enter")  # sent again as it was, and cancelled before the engine starts
+        await wait_for(pilot, lambda: app.generating)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not app.generating)
+        assert app.last_stats.finish_reason == "cancelled"
+        assert [u.text for u in app.query(UserMessage)] == [first]
+        app.chat.params = short
+        await pilot.press("enter")
+        await reply_done(pilot)
+        assert [u.text for u in app.query(UserMessage)] == [first, prompt]  # once
+        assert [m["content"] for m in app.last_request] == [first, kept.answer, prompt]
+
+
+async def test_esc_on_a_first_turn_leaves_no_empty_chat(smol, store):
+    app = ChatApp(engine=smol, params=GenerationParams(max_tokens=2000, seed=2), store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "Write a very long story about a baker.")
+        await wait_for(pilot, lambda: app.chat.turn is not None and (app.chat.turn.answer or app.chat.turn.reasoning))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not app.generating)
+        assert not app.query(UserMessage) and not app.query(AssistantMessage)
+        assert store.conversations() == [] and app.conversation_id is None
+        assert not app.sidebar.children  # the sidebar lost it too
 
 
 async def test_history_persists_across_restarts(smol, tmp_path):
@@ -199,8 +195,9 @@ async def test_context_overflow_is_a_notification(tiny, store, tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         assert app.attach_file(big)
         await send(pilot, "Summarise this.")
-        await reply_done(pilot)
+        await wait_for(pilot, lambda: not app.generating and app.notes)
         assert any(sev == "error" and "context" in text for sev, text in app.notes)
+        assert not app.query(UserMessage) and not app.query(AssistantMessage)  # the failed exchange went away
         assert app.query_one(PromptInput).text == "Summarise this."
         assert app.attachment == ("big.txt", big.read_text().rstrip("\n"))
         assert app.is_running
@@ -235,20 +232,20 @@ async def test_model_that_fails_to_load_is_a_notification(tmp_path, store):
 
 async def test_keymap_file_remaps_bindings(store, monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEDS_HOME", str(tmp_path))
-    (tmp_path / "keymap.toml").write_text('[keymap]\n"chat.toggle_reasoning" = "f5"\n')
+    (tmp_path / "keymap.toml").write_text('[keymap]\n"chat.sidebar" = "f5"\n')
     app = ChatApp(store=store)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("ctrl+t")
-        assert app.show_reasoning
+        await pilot.press("ctrl+b")
+        assert not app.sidebar.display
         await pilot.press("f5")
-        assert not app.show_reasoning
+        assert app.sidebar.display
 
 
 async def test_command_palette_runs_app_commands(store):
     app = ChatApp(store=store)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+p")
-        await pilot.press(*"Toggle thinking")
+        await pilot.press(*"Hide all reasoning")
         from textual.command import CommandList, CommandPalette
 
         await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette)
@@ -268,7 +265,7 @@ async def test_newline_keys_do_not_send(store):
 async def test_switch_model_from_a_file_and_a_bad_id(smollm2_path, store):
     app = RecordingApp(store=store, n_ctx=512)
     async with app.run_test(size=SIZE) as pilot:
-        assert "no model loaded" in str(app.query_one("#header").render())
+        assert "no model loaded" in app.query_one(ChatHeader).text
         app.switch_model("no-such-model")
         await wait_for(pilot, lambda: any(sev == "error" for sev, _ in app.notes), 30)
         assert "no-such-model" in app.notes[-1][1] and app.engine is None
@@ -277,8 +274,10 @@ async def test_switch_model_from_a_file_and_a_bad_id(smollm2_path, store):
         app.screen.query_one("Input").value = str(smollm2_path)
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.engine is not None, 60)
-        header = str(app.query_one("#header").render())
-        assert "Q4_1" in header and "ctx 0/512" in header
+        header = app.query_one(ChatHeader).text
+        assert header.startswith(f"{smollm2_path.name} · Q4_1 · ")  # the file the user opened
+        assert app.engine.name not in header  # not the GGUF's internal name
+        assert "ctx 0/512" in header
         assert app.engine.placement and f" · {app.engine.placement} · " in header
         assert app.engine.model.path == smollm2_path
 
@@ -305,3 +304,43 @@ async def test_view_follows_the_reply_until_the_user_scrolls_up(smol, store):
         await pilot.pause(0.1)
         assert view.max_scroll_y > height_when_scrolled  # the reply kept growing below
         assert view.scroll_y == 0  # and the view stayed where the user put it
+
+
+async def test_context_counter_moves_while_the_reply_streams(smol, store, monkeypatch):
+    """Found as: the header's ctx counter stood still until the reply ended."""
+    shown: list[int] = []
+    apply_delta = ChatView.on_turn_delta
+
+    async def recording(chat: ChatView, message) -> None:
+        await apply_delta(chat, message)
+        shown.append(int(re.search(r"ctx (\d+)/", chat.query_one(ChatHeader).text).group(1)))
+
+    monkeypatch.setattr(ChatView, "on_turn_delta", recording)
+    app = ChatApp(engine=smol, params=GenerationParams(max_tokens=80, temperature=0.0), store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "Write a long story about a cat.")
+        await reply_done(pilot)
+        stats = app.last_stats
+        final = stats.prompt_tokens + stats.completion_tokens
+        assert len(set(shown)) >= 2 and shown == sorted(shown)  # it moved, and only forward
+        assert stats.prompt_tokens < shown[0] and shown[-1] <= final
+        assert f"ctx {final}/2048" in app.query_one(ChatHeader).text
+
+
+async def test_reply_cut_while_thinking_says_so(tiny, store):
+    """Found as: a reply cut by max_tokens inside its reasoning folded into "Thought for 10.8s",
+    with no answer and no word why."""
+    params = GenerationParams(max_tokens=6, grammar=THINK_GRAMMAR, seed=3)
+    app = RecordingApp(engine=tiny, params=params, store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "Hi")
+        reply = await reply_done(pilot)
+        assert app.last_stats.finish_reason == "length" and reply.reasoning.strip() and not reply.answer
+        why = "stopped while thinking: max tokens reached"
+        assert why in str(reply.query_one(".stats").render())
+        assert str(reply.thinking.title).startswith("Stopped while thinking after ")
+        assert not reply.thinking.collapsed and reply.has_class("-interrupted")  # the reasoning stays in view
+        assert ("warning", "Stopped while thinking: max tokens reached.") in app.notes
+        await app.load_conversation(app.conversation_id)  # opened again from the store
+        await pilot.pause()
+        assert why in str(app.query(AssistantMessage).last().query_one(".stats").render())

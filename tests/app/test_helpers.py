@@ -1,5 +1,5 @@
-"""The app's small pieces outside the widgets: keymap file, attachments, header line and the
-thread switch interval while the app runs."""
+"""The app's small pieces outside the widgets: keymap file, attachments, header line, the
+model switcher's choices and the thread switch interval while the app runs."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import pytest
 
 from edgeds.app import quick_thread_switches
 from edgeds.app.attachments import MAX_ATTACHMENT_CHARS, file_summary, read_attachment, with_file
-from edgeds.app.header import engine_line
+from edgeds.app.header import context_line, engine_line, model_label
 from edgeds.app.keymap import load_keymap
+from edgeds.app.model_choices import MAX_RECENT, downloaded_models, recent_models, remember_model
+from edgeds.catalog.registry import load_registry
 from edgeds.errors import EdgedsError
 from edgeds.runtime import Engine
+from tests.app.support import cache_quant
 
 
 def test_switch_interval_is_short_inside_and_restored_after():
@@ -49,9 +52,44 @@ def test_attachments_are_short_utf8_text(tmp_path):
             read_attachment(tmp_path / name)
 
 
-def test_header_line_shows_the_engines_placement_when_it_has_one(smollm2_path):
+def test_header_line_names_the_model_as_opened_and_its_placement(smollm2_path):
     with Engine(smollm2_path, n_ctx=512, placement="CPU only: all 30 layers on CPU") as engine:
-        assert engine_line(engine, 128) == (
-            f"{engine.name} · Q4_1 · CPU only: all 30 layers on CPU · ctx 128/512 (25%)")
+        assert engine_line(engine) == f"{smollm2_path.name} · Q4_1 · CPU only: all 30 layers on CPU"
+        assert engine_line(engine, "r1-distill-qwen-7b") == "r1-distill-qwen-7b · Q4_1 · CPU only: all 30 layers on CPU"
+        assert context_line(engine, 128) == "ctx 128/512 (25%)"
         engine.placement = ""
-        assert engine_line(engine, 0) == f"{engine.name} · Q4_1 · ctx 0/512 (0%)"
+        assert engine_line(engine) == f"{smollm2_path.name} · Q4_1"
+
+
+def test_model_label_is_the_file_name_or_the_id_as_given(smollm2_path):
+    assert model_label(str(smollm2_path)) == smollm2_path.name
+    assert model_label("~/models/gone.gguf") == "gone.gguf"
+    assert model_label("r1-distill-qwen-7b:Q8_0") == "r1-distill-qwen-7b:Q8_0"
+
+
+def test_recent_models_newest_first_without_vanished_files(smollm2_path, tmp_path):
+    recent = tmp_path / "recent.json"
+    assert recent_models(recent) == []
+    gone = tmp_path / "gone.gguf"
+    gone.write_bytes(b"GGUF")
+    for spec in (str(gone), "r1-distill-qwen-7b", str(smollm2_path), "r1-distill-qwen-7b"):
+        remember_model(spec, recent)
+    assert recent_models(recent) == ["r1-distill-qwen-7b", str(smollm2_path), str(gone)]
+    gone.unlink()
+    assert recent_models(recent) == ["r1-distill-qwen-7b", str(smollm2_path)]
+    for i in range(2 * MAX_RECENT):
+        remember_model(f"model-{i}", recent)
+    assert len(recent_models(recent)) == MAX_RECENT and recent_models(recent)[0] == f"model-{2 * MAX_RECENT - 1}"
+    recent.write_text("{not json")
+    assert recent_models(recent) == []
+
+
+def test_downloaded_models_are_registry_quants_in_the_hub_cache(smollm2_path, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert downloaded_models() == []
+    entry = load_registry().get("r1-distill-qwen-7b")
+    cache_quant(tmp_path / "hub", entry.quants["Q4_K_M"], smollm2_path)
+    assert [c.spec for c in downloaded_models()] == ["r1-distill-qwen-7b:Q4_K_M"]
+    assert downloaded_models()[0].note == f"downloaded · {entry.quants['Q4_K_M'].size / 1e9:.2f} GB"

@@ -3,29 +3,13 @@ fixed, so the screens are deterministic; no model is loaded."""
 
 from __future__ import annotations
 
+import pytest
+
 from edgeds.app import ChatApp
 from edgeds.store import Store
+from tests.app.support import REPLY, store_with_exchange
 
 SIZE = (100, 32)
-REPLY = """Use a list comprehension:
-
-```python
-squares = [n * n for n in range(10)]
-```
-
-It is **faster** than a loop with `append`."""
-
-
-def _store(tmp_path) -> Store:
-    store = Store(tmp_path / "chats.db")
-    conv = store.create("Python squares", model="tiny")
-    store.add(conv.id, "user", "How do I build a list of squares in Python?")
-    store.add(conv.id, "assistant", REPLY, reasoning="The user wants squares.\nA comprehension is idiomatic.",
-              finish_reason="stop", reasoning_s=1.25,
-              stats={"prompt_tokens": 21, "reasoning_tokens": 12, "answer_tokens": 40, "ttft_s": 0.12,
-                     "prompt_tok_s": 300.0, "decode_tok_s": 42.5, "finish_reason": "stop", "error": None})
-    store.create("Empty chat")
-    return store
 
 
 async def no_blink(pilot):
@@ -38,8 +22,10 @@ def test_empty_chat(snap_compare, tmp_path):
     assert snap_compare(ChatApp(store=Store(tmp_path / "chats.db")), terminal_size=SIZE, run_before=no_blink)
 
 
-def test_finished_exchange(snap_compare, tmp_path):
-    store = _store(tmp_path)
+@pytest.mark.parametrize("size", [SIZE, (80, 24)], ids=["100x32", "80x24"])
+def test_finished_exchange(snap_compare, tmp_path, size):
+    """At 80×24, the smallest usual terminal, the footer's keys all show and the header is cut to fit."""
+    store = store_with_exchange(tmp_path)
     conv_id = store.conversations()[-1].id
 
     async def open_chat(pilot):
@@ -47,16 +33,16 @@ def test_finished_exchange(snap_compare, tmp_path):
         await pilot.app.load_conversation(conv_id)
         await pilot.pause()
 
-    assert snap_compare(ChatApp(store=store), terminal_size=SIZE, run_before=open_chat)
+    assert snap_compare(ChatApp(store=store), terminal_size=size, run_before=open_chat)
 
 
 def test_sidebar(snap_compare, tmp_path):
-    assert snap_compare(ChatApp(store=_store(tmp_path)), terminal_size=SIZE, press=["ctrl+b"])
+    assert snap_compare(ChatApp(store=store_with_exchange(tmp_path)), terminal_size=SIZE, press=["ctrl+b"])
 
 
 async def test_sidebar_rename_export_delete_and_copy(tmp_path):
     """No model needed: conversations from the store, driven through keys and the dialogs."""
-    store = _store(tmp_path)
+    store = store_with_exchange(tmp_path)
     app = ChatApp(store=store)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+b", "down", "enter")  # second item: "Python squares"
@@ -83,3 +69,4 @@ async def test_sidebar_rename_export_delete_and_copy(tmp_path):
         await app.action_delete()
         assert [c.title for c in store.conversations()] == ["Empty chat"]
         assert app.conversation_id is None
+
