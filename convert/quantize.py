@@ -54,16 +54,24 @@ _DRY_LINE = re.compile(
 )
 
 
-def _run(src: Path, dst: Path, recipe: Recipe, *, dry_run: bool, nthread: int, imatrix=()) -> list[str]:
+# What llama.cpp copies rather than requantizes: unquantized tensor types.
+PLAIN_TYPES = frozenset({"f32", "f16", "bf16"})
+REQUANTIZE_HINT = ("; --allow-requantize quantizes it anyway (each tensor then carries the rounding of both "
+                   "quants: better start from the F16/BF16 file)")
+
+
+def _run(src: Path, dst: Path, recipe: Recipe, *, dry_run: bool, nthread: int, imatrix=(),
+         allow_requantize: bool = False) -> list[str]:
     """llama.cpp's quantizer following `recipe`; returns its log."""
     from edgeds.llamacpp.quantizer import quantize as llama_quantize
 
     overrides = [(pattern, GGML_TYPES[ttype]) for pattern, ttype in recipe.rules]
     try:
         return llama_quantize(src, dst, FTYPES[recipe.base], overrides=overrides, imatrix=imatrix,
-                              pure=recipe.pure, dry_run=dry_run, nthread=nthread)
+                              pure=recipe.pure, dry_run=dry_run, allow_requantize=allow_requantize,
+                              nthread=nthread)
     except EdgedsError as err:
-        raise QuantizeError(str(err)) from None
+        raise QuantizeError(str(err) + (REQUANTIZE_HINT if "requantizing" in str(err) else "")) from None
 
 
 def _check_source(src: Path) -> GgufInfo:
@@ -87,8 +95,13 @@ def _check_imatrix(recipe: Recipe, imatrix) -> None:
         )
 
 
-def plan_quantization(src: str | os.PathLike[str], recipe: str | Recipe, *, nthread: int = 0) -> QuantPlan:
-    """Each tensor's final type and size, from llama.cpp's own dry run (nothing is written)."""
+def plan_quantization(src: str | os.PathLike[str], recipe: str | Recipe, *, nthread: int = 0,
+                      allow_requantize: bool = False) -> QuantPlan:
+    """Each tensor's final type and size, from llama.cpp's own dry run (nothing is written).
+
+    llama.cpp's dry run plans a requantization it would then refuse; the plan refuses it the
+    same way: a tensor already quantized that would change type needs `allow_requantize`.
+    """
     from gguf import GGMLQuantizationType, GGML_QUANT_SIZES
 
     src = Path(src)
@@ -106,6 +119,10 @@ def plan_quantization(src: str | os.PathLike[str], recipe: str | Recipe, *, nthr
         tensors.append(TensorQuant(name, shape, old, new, math.prod(shape) // block * type_size))
     if not tensors:
         raise QuantizeError(f"{src}: llama.cpp's dry run listed no tensors")
+    requantized = next((t for t in tensors if t.old_type not in PLAIN_TYPES and t.new_type != t.old_type), None)
+    if requantized is not None and not allow_requantize:
+        raise QuantizeError(f"{src}: llama.cpp could not quantize it (requantizing from type {requantized.old_type} "
+                            f"is disabled: {requantized.name}){REQUANTIZE_HINT}")
     return QuantPlan(recipe, tuple(tensors))
 
 
@@ -116,6 +133,7 @@ def quantize(
     *,
     imatrix: str | os.PathLike[str] | None = None,
     nthread: int = 0,
+    allow_requantize: bool = False,
 ) -> Path:
     """Quantize GGUF `src` to `dst` with a recipe name, llama.cpp type name or Recipe.
 
@@ -130,7 +148,7 @@ def quantize(
     entries = _imatrix_entries(Path(imatrix)) if imatrix is not None else ()
     temporary = partial(dst)
     try:
-        _run(src, temporary, recipe, dry_run=False, nthread=nthread, imatrix=entries)
+        _run(src, temporary, recipe, dry_run=False, nthread=nthread, imatrix=entries, allow_requantize=allow_requantize)
         os.replace(temporary, dst)
     finally:
         discard(temporary)
@@ -175,6 +193,7 @@ def quantize_file(
     layout: str = "auto",
     split_experts: bool = False,
     nthread: int = 0,
+    allow_requantize: bool = False,
 ) -> tuple[Path, ...]:
     """Quantize, then for MoE files (routed-expert tensors present) rewrite into the expert-offload
     layout with its edgeds.* metadata. Returns the written file(s)."""
@@ -191,10 +210,10 @@ def quantize_file(
     for path in split_paths(out, 2) if split_experts else [out]:
         check_output(path, source.parts, error=QuantizeError)
     if layout == "plain" or not is_moe:
-        return (quantize(src, out, recipe, imatrix=imatrix, nthread=nthread),)
+        return (quantize(src, out, recipe, imatrix=imatrix, nthread=nthread, allow_requantize=allow_requantize),)
     staged = out.with_name(out.name + ".quant.partial")
     try:
-        quantize(src, staged, recipe, imatrix=imatrix, nthread=nthread)
+        quantize(src, staged, recipe, imatrix=imatrix, nthread=nthread, allow_requantize=allow_requantize)
         return write_layout(staged, out, recipe=recipe.name, split=split_experts)
     finally:
         discard(staged)

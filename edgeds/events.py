@@ -44,6 +44,8 @@ class Stats:
         finish_reason: stop (end of generation or a stop string), length (max_tokens or context
             full), cancelled, or error.
         error: the error message when finish_reason is "error".
+        stopped_thinking: the reply ended inside its think block: reasoning and no answer
+            (`thinking_note` says why, for front ends to show).
     """
 
     prompt_tokens: int = 0
@@ -54,10 +56,23 @@ class Stats:
     decode_tok_s: float = 0.0
     finish_reason: FinishReason = "stop"
     error: str | None = None
+    stopped_thinking: bool = False
 
     @property
     def completion_tokens(self) -> int:
         return self.reasoning_tokens + self.answer_tokens
+
+    @property
+    def thinking_note(self) -> str | None:
+        """'stopped while thinking: <why>' for a reply that ended inside its think block, else None."""
+        if not self.stopped_thinking:
+            return None
+        return f"stopped while thinking: {_WHY_STOPPED.get(self.finish_reason, self.finish_reason)}"
+
+
+# finish_reason → how a front end words it after "stopped while thinking: "
+_WHY_STOPPED = {"length": "max tokens reached", "stop": "the model ended its reply without an answer",
+                "cancelled": "cancelled"}
 
 
 @dataclass(frozen=True)
@@ -127,9 +142,10 @@ class GenerationTimer:
 
     def stats(self, *, prompt_tokens: int, generated: int, reasoning_tokens: int, answer_tokens: int,
               finish_reason: FinishReason, decoded_prompt_tokens: int | None = None,
-              error: str | None = None) -> Stats:
+              error: str | None = None, stopped_thinking: bool = False) -> Stats:
         """`decoded_prompt_tokens`: prompt tokens actually evaluated (fewer when a cached prefix
-        was reused); default all of them."""
+        was reused); default all of them. `stopped_thinking`: the text ended inside the think
+        block (ignored for an error, which has its own message)."""
         t_end = time.perf_counter()
         decoded = prompt_tokens if decoded_prompt_tokens is None else decoded_prompt_tokens
         prompt_s = (self.t_prompt or t_end) - self.t_start
@@ -143,4 +159,5 @@ class GenerationTimer:
             decode_tok_s=round((generated - 1) / decode_s, 2) if generated > 1 and decode_s > 0 else 0.0,
             finish_reason=finish_reason,
             error=error if finish_reason == "error" else None,
+            stopped_thinking=stopped_thinking and finish_reason != "error",
         )

@@ -35,8 +35,10 @@ def test_json_events_from_smollm2(smollm2_path):
     assert all(isinstance(e["text"], str) for e in events[:-1])
     stats = events[-1]["stats"]
     assert set(stats) == {
-        "prompt_tokens", "reasoning_tokens", "answer_tokens", "ttft_s", "prompt_tok_s", "decode_tok_s", "finish_reason"
+        "prompt_tokens", "reasoning_tokens", "answer_tokens", "ttft_s", "prompt_tok_s", "decode_tok_s", "finish_reason",
+        "stopped_thinking",
     }
+    assert stats["stopped_thinking"] is False
     assert stats["decode_tok_s"] > 0
     assert stats["answer_tokens"] >= len(events) - 1  # a piece is at least one token
 

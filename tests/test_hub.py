@@ -170,7 +170,8 @@ def test_offline_and_unreachable_name_the_file_and_the_local_way(hub, tmp_path):
     out = edgeds(["pull", "tiny-test:Q8_0"], hf_home, hub.url, offline=True)
     assert out.returncode != 0
     msg = out.stderr.strip().splitlines()[-1]
-    assert f"{REPO}/{SINGLE}" in msg and "HF_HUB_OFFLINE" in msg and "edgeds run /path/to/" in msg
+    assert f"{REPO}/{SINGLE}" in msg and "HF_HUB_OFFLINE" in msg
+    assert f"edgeds add /path/to/{SINGLE} --as tiny-test:Q8_0" in msg  # a way every command takes
     assert f"/{REPO}/resolve/main/{SINGLE}" in msg
     hub.stop()
     out = edgeds(["pull", "tiny-test:Q8_0"], hf_home, hub.url)

@@ -10,8 +10,8 @@ from edgeds.events import Answer, Reasoning
 from edgeds.runtime.reasoning import ReasoningSplitter
 
 
-def split(pieces, *, in_reasoning=False):
-    splitter = ReasoningSplitter(in_reasoning=in_reasoning)
+def split(pieces, *, in_reasoning=False, bare_close=False):
+    splitter = ReasoningSplitter(in_reasoning=in_reasoning, bare_close=bare_close)
     events = []
     for piece in pieces:
         events += splitter.feed(piece)
@@ -104,3 +104,66 @@ def test_phase_tracks_the_stream():
     assert splitter.phase == "reasoning"
     splitter.feed("x</think>")
     assert splitter.phase == "answer"
+
+
+BARE = "Let me add them.</think>\n\nThe answer is 4."
+
+
+@pytest.mark.parametrize("n_cuts", [0, 1, 2])
+def test_bare_close_cut_anywhere_never_shows_reasoning_as_answer(n_cuts):
+    """The issue's output on the published R1 template (no <think> in the prompt, --no-think-prefix):
+    the text before a bare </think> is reasoning, the tag is never answer text, and no answer
+    event comes before the reasoning is known to be reasoning."""
+    for pieces in cuts(BARE, n_cuts):
+        reasoning, answer, events = split(pieces, bare_close=True)
+        assert (reasoning, answer) == ("Let me add them.", "The answer is 4."), pieces
+        kinds = [type(e) for e in events]
+        assert kinds.index(Answer) > kinds.index(Reasoning), pieces
+
+
+def test_bare_close_with_the_think_prefix_streams_reasoning_at_once():
+    splitter = ReasoningSplitter(in_reasoning=True)
+    assert splitter.feed("Let me add") == [Reasoning("Let me add")]
+    assert splitter.feed(" them.</think>\n\nThe answer is 4.") == [Reasoning(" them."), Answer("The answer is 4.")]
+
+
+def test_bare_close_model_that_answers_without_thinking():
+    """A reasoning model that skips the think block: held back, then all of it is the answer."""
+    reasoning, answer, events = split(["Hello", "!", " How can", " I help?"], bare_close=True)
+    assert (reasoning, answer) == ("", "Hello! How can I help?")
+    assert all(isinstance(e, Answer) for e in events)
+
+
+def test_bare_close_still_takes_an_explicit_think_block():
+    for pieces in cuts(STREAM, 2):
+        assert split(pieces, bare_close=True)[:2] == ("I add 2 and 2.", "The answer is 4."), pieces
+
+
+def test_bare_close_empty_block():
+    reasoning, answer, events = split(["</think>", "\n\n", "Hi"], bare_close=True)
+    assert (reasoning, answer) == ("", "Hi")
+    assert not any(isinstance(e, Reasoning) for e in events)
+
+
+def test_without_bare_close_a_model_that_never_thinks_streams_at_once():
+    splitter = ReasoningSplitter()
+    assert splitter.feed("Hello there") == [Answer("Hello there")]
+
+
+@pytest.mark.parametrize("n_cuts", [0, 1, 2])
+def test_prefix_then_model_reopens_think(n_cuts):
+    """The prompt opened <think> (the think prefix) and the model writes <think> again: the
+    second tag is not reasoning text."""
+    for pieces in cuts("<think>\nI add.\n</think>\n\nFour.", n_cuts):
+        assert split(pieces, in_reasoning=True)[:2] == ("I add.", "Four."), pieces
+
+
+def test_stopped_in_the_think_block_is_known():
+    splitter = ReasoningSplitter(in_reasoning=True)
+    splitter.feed("still thinking")
+    splitter.finish()
+    assert splitter.in_think_block
+    done = ReasoningSplitter(in_reasoning=True)
+    done.feed("x</think>y")
+    done.finish()
+    assert not done.in_think_block

@@ -46,12 +46,13 @@ def cached_parts(source: QuantSource) -> list[Path] | None:
     return paths if all(paths) else None  # type: ignore[return-value]
 
 
-def _how_to_fetch(repo: str, filename: str, revision: str) -> str:
-    return (f"fetch {repo}/{filename} ({file_url(repo, filename, revision)}) another way and run "
-            f"`edgeds run /path/to/{Path(filename).name}`")
+def _how_to_fetch(repo: str, filename: str, revision: str, label: str | None) -> str:
+    return (f"fetch {repo}/{filename} ({file_url(repo, filename, revision)}) another way and register it with "
+            f"`edgeds add /path/to/{Path(filename).name} --as {label or 'ID:QUANT'}`")
 
 
-def download(repo: str, filename: str, revision: str = "main", *, progress: bool = True) -> Path:
+def download(repo: str, filename: str, revision: str = "main", *, progress: bool = True,
+             label: str | None = None) -> Path:
     """Download one file into the hub cache, resumable across runs, size- and sha256-checked.
 
     huggingface-hub's own `hf_hub_download` (2.x) throws a partial download away when it fails,
@@ -59,6 +60,7 @@ def download(repo: str, filename: str, revision: str = "main", *, progress: bool
     `blobs/<etag>.incomplete` in the standard cache layout, and the next pull continues from
     there with a Range request (huggingface-hub's `http_get` does the transfer, progress bar and
     retries); the finished blob is checked, renamed, and linked from `snapshots/<commit>/`.
+    `label` (the registry's `ID:QUANT`) goes into the advice of an error.
 
     Raises:
         HubError: offline or unreachable, not on the hub, or the size or sha256 is wrong.
@@ -75,9 +77,9 @@ def download(repo: str, filename: str, revision: str = "main", *, progress: bool
         return cached
     if constants.HF_HUB_OFFLINE:
         raise HubError(f"{name} is not downloaded and HF_HUB_OFFLINE is set: unset it, or "
-                       + _how_to_fetch(repo, filename, revision))
+                       + _how_to_fetch(repo, filename, revision, label))
     (enable_progress_bars if progress else disable_progress_bars)()
-    with _hub_errors(repo, filename, revision):
+    with _hub_errors(repo, filename, revision, label):
         meta = get_hf_file_metadata(file_url(repo, filename, revision))
     if not meta.etag or not meta.commit_hash:
         raise HubError(f"{name}: the hub's answer has no ETag or X-Repo-Commit header "
@@ -92,7 +94,7 @@ def download(repo: str, filename: str, revision: str = "main", *, progress: bool
         lock.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(lock)):
             partial = blob.with_name(meta.etag + ".incomplete")
-            with _hub_errors(repo, filename, revision):
+            with _hub_errors(repo, filename, revision, label):
                 _fetch_into(partial, meta.location, meta.size, name)
             verify_sha256(partial, name, etag=meta.etag)
             os.replace(partial, blob)
@@ -155,7 +157,7 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def _hub_errors(repo: str, filename: str, revision: str) -> Iterator[None]:
+def _hub_errors(repo: str, filename: str, revision: str, label: str | None) -> Iterator[None]:
     """huggingface-hub's and the network's errors as one-line HubErrors."""
     from huggingface_hub import constants
     from huggingface_hub.errors import (
@@ -180,7 +182,7 @@ def _hub_errors(repo: str, filename: str, revision: str) -> Iterator[None]:
     except (OfflineModeIsEnabled, ConnectionError, *_transport_errors()) as err:
         raise HubError(f"cannot reach the hub ({constants.ENDPOINT}) to download {name} "
                        f"({type(err).__name__}): check the network or HF_ENDPOINT, or "
-                       + _how_to_fetch(repo, filename, revision)
+                       + _how_to_fetch(repo, filename, revision, label)
                        + "; a later pull resumes what was downloaded") from None
 
 
@@ -203,9 +205,10 @@ def verify_sha256(path: Path, name: str, *, etag: str | None = None) -> None:
                        f"{digest.hexdigest()[:12]}…); the download was removed, run the pull again")
 
 
-def pull(source: QuantSource, *, progress: bool = True) -> list[Path]:
-    """Download every file of a quant (all parts of a split GGUF); returns their paths."""
-    return [download(source.repo, f.name, source.revision, progress=progress) for f in source.files]
+def pull(source: QuantSource, *, progress: bool = True, label: str | None = None) -> list[Path]:
+    """Download every file of a quant (all parts of a split GGUF); returns their paths. `label`
+    is its registry `ID:QUANT`, for error messages."""
+    return [download(source.repo, f.name, source.revision, progress=progress, label=label) for f in source.files]
 
 
 def remove(source: QuantSource) -> list[Path]:

@@ -26,6 +26,10 @@ from edgeds.cli import (  # noqa: E402,F401
     serve,
     evaluate,
 )
+from edgeds.cli.examples import epilog  # noqa: E402
+
+for _command in app.registered_commands:
+    _command.epilog = epilog(_command.name)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,17 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from edgeds import __version__
+
+        typer.echo(f"edgeds {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
     """Run DeepSeek-R1 distills and DeepSeek MoE models locally: convert, run, chat, batch, serve."""

@@ -19,10 +19,10 @@ def bench(
     raw_only: bool = typer.Option(False, "--raw-only", help="Only llama.cpp's raw loop, not the Engine."),
 ) -> None:
     """Benchmark like llama-bench: llama.cpp's raw decode loop and the edgeds Engine, same run."""
+    from edgeds.loader import fetch_model
     from edgeds.measure.bench import format_table, run_bench
-    from edgeds.catalog.resolve import resolve_model
 
-    resolved = resolve_model(model, pull="ask")
+    resolved = fetch_model(model, pull="ask")
     result = run_bench(resolved.path, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads,
                        engine=not raw_only)
     typer.echo(format_table(result))

@@ -1,6 +1,8 @@
-"""`edgeds pull | list | show | rm`: the registry and the local model files."""
+"""`edgeds pull | add | list | show | rm`: the registry and the local model files."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
@@ -12,19 +14,67 @@ from edgeds.cli.table import echo_table, gb
 def models_pull(
     model: str = typer.Argument(..., help="A registry id, optionally with :QUANT (e.g. r1-distill-qwen-7b:Q8_0)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before a download over 10 GB."),
+    force: bool = typer.Option(False, "--force", help="Download even what does not fit this machine or its disk."),
 ) -> None:
-    """Download a model (every part of a split GGUF) into the Hugging Face cache, with checks."""
-    from edgeds.catalog import hub
-    from edgeds.catalog.registry import load_registry
+    """Download a model (every part of a split GGUF) into the Hugging Face cache, with checks.
 
-    entry, source = load_registry().find(model)
+    It says what it fetches and how big before it starts. A model that cannot run on this machine
+    (`edgeds fit`), or that is larger than the free disk, is refused unless --force; a download
+    over 10 GB asks first (No is the default), or needs --yes without a terminal.
+    """
+    from edgeds.catalog import hub
+    from edgeds.catalog.resolve import approve_download, find, find_added, size_text
+    from edgeds.machine.downloads import check_download, hub_cache
+
+    added = find_added(model)
+    if added is not None:
+        typer.echo(f"{added.label} was added with `edgeds add` ({added.path}): nothing to download")
+        return
+    entry, source = find(model)
+    label = f"{entry.id}:{source.quant}"
+    if hub.cached_parts(source) is None:
+        typer.echo(f"edgeds: {label}: {len(source.files)} file(s), {size_text(source.size)} from {source.repo} "
+                   f"into {hub_cache()}", err=True)
+        if not force:
+            check_download(entry, source)
+        approve_download(label, source, always_ask=False, yes=yes)
     try:
-        paths = hub.pull(source, progress=not quiet)
+        paths = hub.pull(source, progress=not quiet, label=label)
     except KeyboardInterrupt:
-        typer.echo(f"edgeds: pull interrupted; `edgeds pull {entry.id}:{source.quant}` resumes it", err=True)
+        typer.echo(f"edgeds: pull interrupted; `edgeds pull {label}` resumes it", err=True)
         raise typer.Exit(130) from None
     total = sum(p.stat().st_size for p in paths)
-    typer.echo(f"{entry.id}:{source.quant}: {len(paths)} file(s), {gb(total)}, verified: {paths[0]}")
+    typer.echo(f"{label}: {len(paths)} file(s), {gb(total)}, verified: {paths[0]}")
+
+
+@app.command("add")
+def models_add(
+    file: Path = typer.Argument(..., metavar="FILE.gguf", help="A GGUF file (for a split GGUF, any of its parts)."),
+    name: str = typer.Option(..., "--as", metavar="ID[:QUANT]", help="The name every command will take: a registry "
+                             "id (its defaults apply; without :QUANT its default quant) or a name of your own."),
+) -> None:
+    """Register a GGUF you already have under a name (like `ollama create`), with no download.
+
+    The file is hard-linked into the edgeds data dir (a symlink where it is on another disk, and
+    then it must stay where it is); every command, `list` and `rm` take the name from then on.
+    """
+    from edgeds.catalog import local
+    from edgeds.catalog.gguf import read_gguf, split_parts
+    from edgeds.catalog.registry import load_registry, split_spec
+    from edgeds.catalog.resolve import canonical
+    from edgeds.errors import ModelNotFound
+
+    if not file.is_file():
+        raise ModelNotFound(f"{file}: no such file")
+    parts = list(split_parts(file))
+    read_gguf(parts[0])  # a GGUF that llama.cpp's header rules accept, or a one-line error
+    model_id, quant = split_spec(canonical(name))
+    entry = load_registry().get(model_id)
+    quant = quant or (entry.default_quant if entry else local.DEFAULT_QUANT)
+    added, how = local.add(parts, model_id, quant)
+    known = f"registry model {entry.name}" if entry else "not a registry model: no registry defaults"
+    typer.echo(f"added {added.label} ({known}): {len(parts)} file(s) by {how} in {added.path.parent}")
 
 
 @app.command("list")
@@ -35,8 +85,11 @@ def models_list(
     from edgeds.catalog import hub
     from edgeds.catalog.registry import load_registry
 
+    from edgeds.catalog import local as added
+
     registry = load_registry()
-    rows = []
+    rows = [(m.label, gb(sum(p.stat().st_size for p in m.parts)), str(len(m.parts)), "added", str(m.path.parent))
+            for m in added.listing()]
     for entry in registry:
         for source in entry.quants.values():
             parts = hub.cached_parts(source)
@@ -96,16 +149,22 @@ def models_show(
 
 @app.command("rm")
 def models_rm(
-    models: list[str] = typer.Argument(..., help="Registry id[:QUANT] to delete from the cache."),
+    models: list[str] = typer.Argument(..., help="Registry id[:QUANT] to delete from the cache, or a name from `edgeds add`."),
 ) -> None:
-    """Delete downloaded models from the Hugging Face cache."""
-    from edgeds.catalog import hub
+    """Delete downloaded models from the Hugging Face cache, or the links `edgeds add` made."""
+    from edgeds.catalog import hub, local
     from edgeds.catalog.registry import load_registry
+    from edgeds.catalog.resolve import find, find_added
     from edgeds.errors import ModelNotFound
 
     registry = load_registry()
     for spec in models:
-        entry, source = registry.find(spec)
+        added = find_added(spec, registry)
+        if added is not None:
+            local.remove(added)
+            typer.echo(f"removed {added.label} (the links in {added.path.parent}; the original file stays)")
+            continue
+        entry, source = find(spec, registry)
         removed = hub.remove(source)
         if not removed:
             raise ModelNotFound(f"{entry.id}:{source.quant} is not downloaded")

@@ -15,8 +15,17 @@ MOE_OFFLOAD_HELP = (
 )
 
 
-# `--moe-offload auto|all|none|N`, for run, chat, batch and serve; the value goes to edgeds.loader.open_engine.
+# Options of every command that loads a model (run, chat, batch, serve); their values go to
+# edgeds.loader (open_engine / open_scheduler) and edgeds.runtime.params.GenerationParams.
 MoeOffload = typer.Option("auto", "--moe-offload", help=MOE_OFFLOAD_HELP, metavar="auto|all|none|N")
+Threads = typer.Option(None, "--threads", "-t", min=1, help="CPU threads for decoding (default: physical cores).")
+NoThinkPrefix = typer.Option(False, "--no-think-prefix", help="Do not start R1-family replies with <think> "
+                             "(DeepSeek asks for it, so that the model does not skip thinking).")
+TopK = typer.Option(None, "--top-k", min=0, help="Sample from the K likeliest tokens only (0: off, the model default).")
+MinP = typer.Option(None, "--min-p", min=0.0, max=1.0, help="Drop tokens below this fraction of the likeliest "
+                    "one's probability (model default: 0.05).")
+RepeatPenalty = typer.Option(None, "--repeat-penalty", min=1.0, max=2.0, help="Penalise tokens seen in the last "
+                             "64 (1.0: off, the default of registry models; 1.1 for other GGUFs).")
 
 
 def read_grammar(path: Path | None) -> str | None:

@@ -13,8 +13,8 @@ from edgeds.cli.interrupt import interruptible
 
 @app.command("quantize")
 def quantize(
-    src: Path = typer.Argument(..., help="The GGUF to quantize (F16/BF16/F32, or --allow-requantize); with --dry-run "
-                               "also a registry id, planned on its tensor table without downloading it."),
+    src: Optional[Path] = typer.Argument(None, help="The GGUF to quantize (F16/BF16/F32, or --allow-requantize); with "
+                                         "--dry-run also a registry id, planned on its tensor table without downloading it."),
     out: Optional[Path] = typer.Argument(None, help="The GGUF to write."),
     quant: Optional[str] = typer.Argument(None, help="A recipe (moe-q2, moe-q3, moe-q4, ...) or llama.cpp type (Q4_K_M, Q8_0, ...)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print each tensor's type and the resulting size; write nothing."),
@@ -22,7 +22,9 @@ def quantize(
     layout: str = typer.Option("auto", "--layout", help="auto (expert-offload layout for MoE files), plain (llama.cpp's order)."),
     split_experts: bool = typer.Option(False, "--split-experts", help="MoE: write NAME-00001-of-00002.gguf (hot tensors) "
                                        "and NAME-00002-of-00002.gguf (routed experts)."),
-    list_recipes: bool = typer.Option(False, "--list", help="List the recipes and llama.cpp types."),
+    allow_requantize: bool = typer.Option(False, "--allow-requantize", help="Quantize a file that is already quantized "
+                                          "(llama.cpp refuses by default: the result carries the rounding of both)."),
+    list_recipes: bool = typer.Option(False, "--list", help="List the recipes and llama.cpp types (no IN.gguf needed)."),
 ) -> None:
     """Quantize a GGUF with llama.cpp's quantizer, following a recipe or a llama.cpp type."""
     from edgeds.convert import quantize as q
@@ -36,14 +38,14 @@ def quantize(
         return
     if dry_run and quant is None and out is not None:
         quant, out = str(out), None
-    if quant is None or (out is None and not dry_run):
+    if src is None or quant is None or (out is None and not dry_run):
         raise UsageError("usage: edgeds quantize IN.gguf OUT.gguf TYPE|RECIPE (or IN.gguf TYPE --dry-run)")
     if layout not in ("auto", "plain"):
         raise UsageError(f"--layout {layout!r}: use auto or plain")
     if dry_run:
         with interruptible("quantize --dry-run"):
             if src.is_file():
-                plan = q.plan_quantization(src, quant)
+                plan = q.plan_quantization(src, quant, allow_requantize=allow_requantize)
             else:  # a registry id: planned on its header-only tensor table, nothing downloaded
                 from edgeds.convert.synthetic import plan_registry_quantization
 
@@ -54,6 +56,7 @@ def quantize(
         typer.echo(f"total: {plan.total_bytes / 2**30:.3f} GiB ({plan.total_bytes} bytes of tensors) with {plan.recipe.name}")
         return
     with interruptible("quantize"):
-        path = q.quantize_file(src, out, quant, imatrix=imatrix, layout=layout, split_experts=split_experts)
+        path = q.quantize_file(src, out, quant, imatrix=imatrix, layout=layout, split_experts=split_experts,
+                               allow_requantize=allow_requantize)
     for p in path:
         typer.echo(str(p))

@@ -259,23 +259,29 @@ class Context:
 # Sampling and detokenization
 
 
+REPEAT_LAST_N = 64  # tokens the repeat penalty looks back over (llama.cpp's and Ollama's default)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.6
     top_p: float = 0.95
     top_k: int = 0
     min_p: float = 0.0
+    repeat_penalty: float = 1.0
     seed: int | None = None
     grammar: str | None = None
 
     @classmethod
     def of(cls, params) -> "SamplingParams":
         """The sampler's part of a filled-in `GenerationParams`."""
-        return cls(temperature=params.temperature, top_p=params.top_p, seed=params.seed, grammar=params.grammar)
+        return cls(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p,
+                   repeat_penalty=params.repeat_penalty, seed=params.seed, grammar=params.grammar)
 
 
 class Sampler:
-    """llama.cpp's C sampler chain: [grammar] → top-k → top-p → min-p → temperature → draw."""
+    """llama.cpp's C sampler chain, in llama.cpp's own order: [grammar] → repeat penalty →
+    top-k → top-p → min-p → temperature → draw (greedy at temperature 0, after the penalty)."""
 
     def __init__(self, model: Model, params: SamplingParams):
         chain_params = llama_cpp.llama_sampler_chain_default_params()
@@ -289,6 +295,8 @@ class Sampler:
                 self.ptr = None
                 raise UsageError("the grammar does not parse (GBNF syntax error; llama.cpp's log has details)")
             add(grammar)
+        if params.repeat_penalty != 1.0:
+            add(llama_cpp.llama_sampler_init_penalties(model.n_vocab, REPEAT_LAST_N, params.repeat_penalty, 0.0, 0.0))
         if params.temperature <= 0:
             add(llama_cpp.llama_sampler_init_greedy())
             return

@@ -32,6 +32,7 @@ def quantize(
     imatrix: Sequence[tuple[str, np.ndarray]] = (),
     pure: bool = False,
     dry_run: bool = False,
+    allow_requantize: bool = False,
     nthread: int = 0,
 ) -> list[str]:
     """Quantize GGUF `src` into `dst` as llama.cpp file type `ftype` (enum llama_ftype).
@@ -41,6 +42,7 @@ def quantize(
         imatrix: (tensor name, float32 values) importance entries.
         pure: no mixture: every tensor gets the file type's own type unless overridden.
         dry_run: write nothing; llama.cpp logs each tensor's type and size instead.
+        allow_requantize: quantize tensors that are already quantized (llama.cpp refuses by default).
         nthread: threads, 0 for llama.cpp's choice.
 
     Returns:
@@ -56,6 +58,7 @@ def quantize(
     params.nthread = nthread
     params.pure = pure
     params.dry_run = dry_run
+    params.allow_requantize = allow_requantize
     keep: list = []  # what the structs point to, alive until llama.cpp returns
     if overrides:
         params.tt_overrides = ctypes.cast(_overrides(overrides, keep),
@@ -66,7 +69,7 @@ def quantize(
         rc = _in_worker(lambda: llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst),
                                                                 ctypes.byref(params)), [params, keep])
     if rc != 0:
-        reason = re.findall(r"(?:error|ERROR)[^\n]*?:\s*([^\n]+)", "".join(log))
+        reason = re.findall(r"(?:failed to quantize|error|ERROR)[^\n]*?:\s*([^\n]+)", "".join(log))
         what = "plan" if dry_run else "quantize"
         raise EdgedsError(f"{src}: llama.cpp could not {what} it ({reason[-1].strip() if reason else f'code {rc}'})")
     return log

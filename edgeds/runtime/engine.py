@@ -27,9 +27,9 @@ class PhaseStream:
     Shared by the Engine and the multi-sequence scheduler: one per generation.
     """
 
-    def __init__(self, model: Model, opens_think: bool):
+    def __init__(self, model: Model, opens_think: bool, bare_close: bool = False):
         self._text = TextStream(model)
-        self._splitter = ReasoningSplitter(in_reasoning=opens_think)
+        self._splitter = ReasoningSplitter(in_reasoning=opens_think, bare_close=bare_close)
         self._counts = {"reasoning": 0, "answer": 0, "start": 0}
 
     def push(self, token: int) -> list[Event]:
@@ -43,7 +43,16 @@ class PhaseStream:
         return events
 
     def finish(self) -> list[Event]:
-        return self._splitter.feed(self._text.flush()) + self._splitter.finish()
+        events = self._splitter.feed(self._text.flush()) + self._splitter.finish()
+        if self._splitter.phase == "answer":  # held-back text turned out to be the answer
+            self._counts["answer"] += self._counts["start"]
+            self._counts["start"] = 0
+        return events
+
+    @property
+    def stopped_thinking(self) -> bool:
+        """The text ends inside the think block (read after `finish`)."""
+        return self._splitter.in_think_block
 
     @property
     def reasoning_tokens(self) -> int:
@@ -66,6 +75,9 @@ class Engine:
         defaults: generation defaults; registry entries carry their own.
         chat_template: a Jinja chat template to use instead of the GGUF's own.
         placement: one line on where the weights sit (the placement plan's explanation).
+        think_prefix: start an R1-family model's reply with `<think>\\n` where its template
+            does not (DeepSeek asks for it, so the model does not skip thinking). R1-family:
+            `defaults.forces_think`, or when None, DeepSeek's template and a name that says R1.
     """
 
     def __init__(
@@ -79,6 +91,7 @@ class Engine:
         defaults: ModelDefaults | None = None,
         chat_template: str | None = None,
         placement: str = "",
+        think_prefix: bool = True,
     ):
         path = Path(model)
         if load_options is None:
@@ -92,10 +105,15 @@ class Engine:
         self.ctx = Context(self.model, n_ctx=self.n_ctx, n_threads=self.n_threads)
         self.defaults = defaults or ModelDefaults()
         self.chat_template = chat_template or self.model.chat_template
+        self.reasoning_template = template.is_reasoning_template(self.chat_template)
         allow_system = self.defaults.allow_system
         if allow_system is None:
-            allow_system = not template.is_reasoning_template(self.chat_template)
+            allow_system = not self.reasoning_template
         self.allow_system = allow_system
+        forces_think = self.defaults.forces_think
+        if forces_think is None:
+            forces_think = template.is_r1_family(self.chat_template, self.name)
+        self.think_prefix = think_prefix and forces_think  # replies start inside <think>
         self.placement = placement
         self._cached: list[int] = []  # tokens whose KV is in sequence 0
         self.reused_prompt_tokens = 0  # of the last prompt, tokens whose KV was already cached
@@ -111,11 +129,14 @@ class Engine:
         self._cancel.set()
 
     def prompt_tokens(self, messages: list[dict]) -> tuple[list[int], bool]:
-        """The token ids of the rendered conversation, and whether it opened a think block."""
+        """The token ids of the rendered conversation, and whether it opened a think block
+        (the template did, or the think prefix was appended)."""
         history = template.answer_only(messages, allow_system=self.allow_system)
         bos = self.model.token_text(self.model.bos_id) if self.model.bos_id >= 0 else ""
         eos = self.model.token_text(self.model.eos_id) if self.model.eos_id >= 0 else ""
         prompt = template.render(self.chat_template, history, bos_token=bos, eos_token=eos)
+        if self.think_prefix:
+            prompt = template.open_think(prompt)
         tokens = self.model.tokenize(prompt.text, add_special=False, parse_special=True)
         if self.model.add_bos and self.model.bos_id >= 0 and tokens[:1] != [self.model.bos_id]:
             tokens.insert(0, self.model.bos_id)  # templates that do not write BOS themselves
@@ -148,7 +169,7 @@ class Engine:
                 "shorten the conversation or raise --n-ctx"
             )
         sampler = Sampler(self.model, SamplingParams.of(params))
-        phases = PhaseStream(self.model, opens_think)
+        phases = PhaseStream(self.model, opens_think, self.reasoning_template)
         finish, error = "stop", None
         generated = 0
         reuse = self.reused_prompt_tokens = self._reuse_prefix(tokens)
@@ -188,7 +209,8 @@ class Engine:
         yield from phases.finish()
         yield Done(timer.stats(prompt_tokens=len(tokens), decoded_prompt_tokens=len(tokens) - reuse,
                                generated=generated, reasoning_tokens=phases.reasoning_tokens,
-                               answer_tokens=phases.answer_tokens, finish_reason=finish, error=error))
+                               answer_tokens=phases.answer_tokens, finish_reason=finish, error=error,
+                               stopped_thinking=phases.stopped_thinking))
 
     def _reuse_prefix(self, tokens: list[int]) -> int:
         """Keep the cached KV shared with `tokens` (at least one token is always re-decoded)."""

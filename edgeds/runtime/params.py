@@ -12,22 +12,40 @@ class GenerationParams:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None            # 0: off
+    min_p: float | None = None          # 0: off
+    repeat_penalty: float | None = None  # 1: off; over the last REPEAT_LAST_N tokens
     seed: int | None = None
     grammar: str | None = None  # GBNF text, passed to llama.cpp's grammar sampler
 
 
 @dataclass(frozen=True)
 class ModelDefaults:
-    """A model's generation defaults (DeepSeek's recommendations for R1: 0.6 / 0.95).
+    """A model's generation defaults; these are the ones for a GGUF the registry does not know
+    (registry models carry their own, `catalog.registry.Generation`).
+
+    temperature 0.6 and top-p 0.95 are DeepSeek's recommendations for R1. min-p 0.05 is
+    llama-server's default: it drops tokens under 5% of the best one's probability, the tail a
+    low-bit quant samples junk from. repeat_penalty 1.1 over the last 64 tokens is LM Studio's
+    default and llama.cpp's old one: on SmolLM2-135M, "Say hello" ran on to the token limit for
+    4 of 30 seeds without it and for none with it (registry models, R1 among them, keep it off:
+    reasoning repeats numbers and names on purpose). max_tokens 4096 holds a typical reasoning
+    trace but stops a runaway after minutes, not hours (registry R1 models: 32768, as DeepSeek
+    evaluates them).
 
     allow_system None means: decide from the chat template (R1-family templates get the
-    system prompt folded into the first user turn).
+    system prompt folded into the first user turn). forces_think None means: decide from the
+    GGUF (DeepSeek's template and a name that says R1).
     """
 
     temperature: float = 0.6
     top_p: float = 0.95
-    max_tokens: int = 8192
+    top_k: int = 0
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    max_tokens: int = 4096
     allow_system: bool | None = None
+    forces_think: bool | None = None
 
     def apply(self, params: GenerationParams | None) -> GenerationParams:
         """`params` with every None filled from these defaults."""

@@ -19,6 +19,9 @@ SAMPLING_FIELDS: dict[str, tuple[str, float | None, float | None]] = {
     "max_tokens": ("integer", 1, None),
     "temperature": ("number", 0, 2),
     "top_p": ("number", 0, 1),
+    "top_k": ("integer", 0, None),
+    "min_p": ("number", 0, 1),
+    "repeat_penalty": ("number", 1, 2),  # 1 is off; below 1 would reward repetition
     "seed": ("integer", None, None),
 }
 

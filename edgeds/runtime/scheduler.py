@@ -192,7 +192,8 @@ class Scheduler:
                 continue
             seq = free.pop(0)
             self.ctx.forget(seq)
-            self._slots[seq] = _Slot(seq, request, PhaseStream(self.model, request.opens_think))
+            self._slots[seq] = _Slot(seq, request, PhaseStream(self.model, request.opens_think,
+                                                                self.engine.reasoning_template))
 
     def _step(self) -> None:
         items: list[tuple[int, int, int, bool]] = []
@@ -255,7 +256,8 @@ class Scheduler:
         stats = slot.timer.stats(prompt_tokens=len(slot.request.tokens), generated=slot.generated,
                                  reasoning_tokens=slot.phases.reasoning_tokens,
                                  answer_tokens=slot.phases.answer_tokens,
-                                 finish_reason=finish, error=error)  # type: ignore[arg-type]
+                                 finish_reason=finish, error=error,  # type: ignore[arg-type]
+                                 stopped_thinking=slot.phases.stopped_thinking)
         self._done(slot.request, Completion("".join(slot.reasoning), "".join(slot.answer), stats))
 
     def _reject(self, request: Request, finish: str) -> None:

@@ -3,7 +3,8 @@
 - Reasoning never goes back to the model: assistant turns carry their answer only
   (DeepSeek's template and API require it).
 - R1-family models take no system prompt; one given is folded into the first user turn.
-- A template whose generation prompt ends in `<think>\\n` has opened the think block itself.
+- A template whose generation prompt ends in `<think>\\n` has opened the think block itself;
+  for R1-family models whose template does not, the Engine opens it (`open_think`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from edgeds.errors import EdgedsError
 from edgeds.runtime.request import check_messages
 
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
+DEEPSEEK_ASSISTANT = "<｜Assistant｜>"  # the assistant turn marker of DeepSeek's chat templates
+R1_NAME = re.compile(r"(?<![a-z0-9])r1(?![a-z0-9])", re.IGNORECASE)  # "DeepSeek R1 Distill Qwen 7B", "deepseek-r1"
 
 # Used when a GGUF has no template at all.
 CHATML = (
@@ -37,6 +40,17 @@ class Prompt:
 def is_reasoning_template(template: str | None) -> bool:
     """R1-family templates know about </think> (they strip it from history)."""
     return bool(template) and "</think>" in template
+
+
+def is_r1_family(template: str | None, name: str) -> bool:
+    """A GGUF the registry does not know is R1-family when its template is DeepSeek's
+    reasoning template and its name says R1."""
+    return is_reasoning_template(template) and DEEPSEEK_ASSISTANT in template and bool(R1_NAME.search(name))
+
+
+def open_think(prompt: Prompt) -> Prompt:
+    """The prompt with `<think>\\n` appended, unless its template opened the block already."""
+    return prompt if prompt.opens_think else Prompt(prompt.text + "<think>\n", opens_think=True)
 
 
 def answer_only(messages: list[dict], *, allow_system: bool = True) -> list[dict]:

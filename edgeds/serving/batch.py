@@ -153,6 +153,7 @@ def result_row(row: Row, completion: Completion) -> dict:
         "reasoning": completion.reasoning,
         "answer": completion.answer,
         "finish_reason": stats.finish_reason,
+        "stopped_thinking": stats.stopped_thinking,
         "usage": {
             "prompt_tokens": stats.prompt_tokens,
             "reasoning_tokens": stats.reasoning_tokens,
@@ -164,7 +165,7 @@ def result_row(row: Row, completion: Completion) -> dict:
 
 
 def error_row(row_id, message: str) -> dict:
-    return {"id": row_id, "reasoning": None, "answer": None, "finish_reason": "error",
+    return {"id": row_id, "reasoning": None, "answer": None, "finish_reason": "error", "stopped_thinking": None,
             "usage": None, "timing": None, "error": message}
 
 

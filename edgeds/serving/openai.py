@@ -30,6 +30,12 @@ def finish_reason(stats: Stats) -> str:
     return "length" if stats.finish_reason == "length" else "stop"
 
 
+def thinking_flag(stats: Stats) -> dict:
+    """The choice's `stopped_thinking` extension: present (true) only for a reply that ended
+    inside its think block."""
+    return {"stopped_thinking": True} if stats.stopped_thinking else {}
+
+
 def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,  # noqa: A002
                code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}

@@ -102,7 +102,7 @@ class RemoteBackend:
         params = params or GenerationParams()
         body: dict = {"model": self.model, "messages": messages, "stream": True,
                       "stream_options": {"include_usage": True}}
-        for key in ("max_tokens", "temperature", "top_p", "seed"):
+        for key in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed"):  # llama-server's names
             value = getattr(params, key)
             if value is not None:
                 body[key] = value
@@ -114,6 +114,7 @@ class RemoteBackend:
         timer.prompt_done()
         splitter = ReasoningSplitter()  # for content that carries its own <think> block
         usage: dict = {}
+        seen: set[type] = set()  # the kinds of text events yielded, for stopped_thinking
         finish, error = "stop", None
         try:
             with response:
@@ -134,19 +135,21 @@ class RemoteBackend:
                         content = delta.get("content") or ""
                         if reasoning or content:
                             timer.token()
-                        if reasoning:
-                            yield Reasoning(reasoning)
-                        if content:
-                            yield from splitter.feed(content)
+                        pieces = ([Reasoning(reasoning)] if reasoning else []) + splitter.feed(content)
+                        seen.update(type(piece) for piece in pieces)
+                        yield from pieces
                         if choice.get("finish_reason"):
                             finish = FINISH_FROM_WIRE.get(choice["finish_reason"], "stop")
         except (OSError, ValueError) as err:  # the connection broke, or a chunk is not JSON
             finish, error = "error", f"{self.base}/chat/completions: the reply broke off ({err})"
-        yield from splitter.finish()
+        pieces = splitter.finish()
+        seen.update(type(piece) for piece in pieces)
+        yield from pieces
         prompt_tokens, reasoning_tokens, answer_tokens = token_counts(usage)
         yield Done(timer.stats(prompt_tokens=prompt_tokens, generated=reasoning_tokens + answer_tokens,
                                reasoning_tokens=reasoning_tokens, answer_tokens=answer_tokens,
-                               finish_reason=finish, error=error))  # type: ignore[arg-type]
+                               finish_reason=finish, error=error,  # type: ignore[arg-type]
+                               stopped_thinking=Reasoning in seen and Answer not in seen))
 
     def complete(self, messages: list[dict], params: GenerationParams) -> Completion:
         """One chat completion, collected; a refused request comes back as an error Completion."""

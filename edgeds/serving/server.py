@@ -6,6 +6,9 @@
 - `GET /v1/models`, `GET /health`.
 - Concurrent requests share the scheduler's slots; one that finds them all busy waits its
   turn, and none interrupts another. A client that hangs up cancels its own generation only.
+- A reply that ends inside its think block (max_tokens reached while thinking) comes with
+  finish_reason "length", the reasoning, empty content and `"stopped_thinking": true` on the
+  choice, an edgeds extension that OpenAI clients ignore.
 - Binds 127.0.0.1 unless told otherwise; with an API key, requests without it get 401.
   Errors use OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 
@@ -29,7 +32,7 @@ from edgeds.events import Answer, Done, Reasoning
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.request import RequestError, check_messages, sampling_params
 from edgeds.runtime.scheduler import Scheduler
-from edgeds.serving.openai import error_body, finish_reason, usage
+from edgeds.serving.openai import error_body, finish_reason, thinking_flag, usage
 
 
 class ApiError(Exception):
@@ -42,8 +45,9 @@ class ApiError(Exception):
         self.body = error_body(message, type=type, param=param, code=code)
 
 
-def parse_request(body: bytes) -> tuple[list[dict], GenerationParams, bool, bool]:
-    """A chat completion request → (messages, params, stream, include_usage); ApiError(400) if bad."""
+def parse_request(body: bytes, defaults: GenerationParams = GenerationParams()) -> tuple[list[dict], GenerationParams, bool, bool]:
+    """A chat completion request → (messages, params over `defaults`, stream, include_usage);
+    ApiError(400) if bad."""
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as err:
@@ -54,7 +58,7 @@ def parse_request(body: bytes) -> tuple[list[dict], GenerationParams, bool, bool
         data = {**data, "max_tokens": data["max_completion_tokens"]}
     try:
         messages = check_messages(data.get("messages"))
-        params = sampling_params(data)
+        params = sampling_params(data, defaults)
         if data.get("n") not in (None, 1):
             raise RequestError("n", "only n=1 is supported")
     except RequestError as err:
@@ -71,11 +75,14 @@ def parse_request(body: bytes) -> tuple[list[dict], GenerationParams, bool, bool
 
 
 class Server:
-    """The HTTP server; `serve_forever()` blocks, `shutdown()` stops it from another thread."""
+    """The HTTP server; `serve_forever()` blocks, `shutdown()` stops it from another thread.
+    `defaults` fill the sampling fields a request leaves out (before the model's own defaults)."""
 
     def __init__(self, scheduler: Scheduler, *, host: str = "127.0.0.1", port: int = 8080,
-                 api_key: str | None = None, model_id: str | None = None):
+                 api_key: str | None = None, model_id: str | None = None,
+                 defaults: GenerationParams = GenerationParams()):
         self.scheduler = scheduler
+        self.defaults = defaults
         self.api_key = api_key
         self.model_id = model_id or scheduler.name
         self.created = int(time.time())
@@ -151,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._authorize()
         if path != "/v1/chat/completions":
             raise ApiError(404, f"no route POST {path}", code="not_found")
-        messages, params, stream, include_usage = parse_request(body)
+        messages, params, stream, include_usage = parse_request(body, self.server_state.defaults)
         try:
             request = self.server_state.scheduler.submit(messages, params)
         except ContextOverflow as err:
@@ -190,7 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": self.server_state.model_id,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(stats), "logprobs": None}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(stats), "logprobs": None,
+                         **thinking_flag(stats)}],
             "usage": usage(stats),
         })
 
@@ -221,7 +229,9 @@ class _Handler(BaseHTTPRequestHandler):
                     if stats.finish_reason == "error":
                         self._event(error_body(stats.error or "generation failed", type="server_error"))
                     else:
-                        self._event(chunk({}, finish_reason(stats)))
+                        final = chunk({}, finish_reason(stats))
+                        final["choices"][0].update(thinking_flag(stats))
+                        self._event(final)
                         if include_usage:
                             self._event({**chunk({}), "choices": [], "usage": usage(stats)})
             self.wfile.write(b"data: [DONE]\n\n")

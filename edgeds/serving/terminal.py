@@ -2,18 +2,24 @@
 
 Reasoning goes to stderr (dim where stderr is a terminal), the answer plainly to stdout, so a
 pipe gets the answer alone. With `json_lines`, every event is printed as one JSON line on stdout.
+With `progress` (stdout redirected, stderr a terminal), a line on stderr counts the tokens while
+nothing else shows that the model is still writing. A reply that ends inside its think block
+gets a line that says so (`Stats.thinking_note`).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 from typing import Iterable, TextIO
 
 from edgeds.events import Answer, Done, Event, Reasoning, Stats, to_dict
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
+CLEAR_LINE = "\r\x1b[2K"
+PROGRESS_EVERY_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,7 @@ class Output:
     json_lines: bool = False
     hide_reasoning: bool = False
     verbose: bool = False
+    progress: bool = False  # a token count on stderr while the text goes elsewhere
 
 
 def format_stats(stats: Stats) -> str:
@@ -37,14 +44,38 @@ def format_stats(stats: Stats) -> str:
     return " · ".join(parts)
 
 
+class _ProgressLine:
+    """A token count on stderr, redrawn at most every PROGRESS_EVERY_S; off unless `enabled`."""
+
+    def __init__(self, stderr: TextIO, enabled: bool):
+        self.stderr = stderr
+        self.enabled = enabled
+        self.shown_at: float | None = None
+
+    def update(self, tokens: int) -> None:
+        if self.enabled and time.monotonic() - (self.shown_at or 0.0) >= PROGRESS_EVERY_S:
+            self.stderr.write(f"{CLEAR_LINE}edgeds: ~{tokens} tokens, the answer goes to stdout")
+            self.stderr.flush()
+            self.shown_at = time.monotonic()
+
+    def clear(self) -> None:
+        if self.shown_at is not None:
+            self.stderr.write(CLEAR_LINE)
+
+
 def show(events: Iterable[Event], output: Output, *, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> Stats:
     """Print a generation as it streams; returns its stats."""
     dim = stderr.isatty()
     in_reasoning = False
     answered = False
     stats = Stats(finish_reason="error", error="the generation ended without stats")
+    tokens = 0  # text events so far: about one per token
+    progress = _ProgressLine(stderr, output.progress)
     for event in events:
+        if isinstance(event, (Reasoning, Answer)):
+            tokens += 1
         if isinstance(event, Reasoning) and output.hide_reasoning:
+            progress.update(tokens)
             continue
         if output.json_lines:
             stdout.write(json.dumps(to_dict(event), ensure_ascii=False) + "\n")
@@ -63,14 +94,18 @@ def show(events: Iterable[Event], output: Output, *, stdout: TextIO = sys.stdout
             stdout.write(event.text)
             stdout.flush()
             answered = True
+            progress.update(tokens)
         if isinstance(event, Done):
             stats = event.stats
+    progress.clear()
     if not output.json_lines:
         if in_reasoning:
             stderr.write((RESET if dim else "") + "\n")
         if answered:
             stdout.write("\n")
         stdout.flush()
+    if stats.thinking_note:
+        stderr.write(f"edgeds: {stats.thinking_note}\n")
     if output.verbose:
         stderr.write(format_stats(stats) + "\n")
     stderr.flush()
