@@ -9,13 +9,25 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import MoeOffload, read_grammar
+from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, read_grammar
 from edgeds.errors import UsageError
 
 
 def on_terminal() -> bool:
     """Whether stdin and stdout are both a terminal: the full-screen app needs both."""
     return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def model_opener(n_threads: int | None, think_prefix: bool):
+    """How the app opens models (its own, `workers.open_model`, with --threads and --no-think-prefix)."""
+    from edgeds.loader import open_engine
+    from edgeds.machine.hardware import threads_beside_ui
+
+    def open_model(spec: str, *, n_ctx: int | None = None, moe_offload: str = "auto"):
+        return open_engine(spec, n_ctx=n_ctx, n_threads=n_threads or threads_beside_ui(), moe_offload=moe_offload,
+                           pull=False, progress=False, think_prefix=think_prefix)
+
+    return open_model
 
 
 @app.command("chat")
@@ -26,6 +38,11 @@ def chat(
     moe_offload: str = MoeOffload,
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Most tokens per reply (reasoning included)."),
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file every reply follows."),
+    top_k: Optional[int] = TopK,
+    min_p: Optional[float] = MinP,
+    repeat_penalty: Optional[float] = RepeatPenalty,
+    threads: Optional[int] = Threads,
+    no_think_prefix: bool = NoThinkPrefix,
 ) -> None:
     """Chat with a model in a terminal UI; reasoning streams into a collapsible section."""
     if not on_terminal():
@@ -37,13 +54,17 @@ def chat(
         model = load_registry().default_chat or None
         if model is None:
             raise UsageError("give a MODEL (a GGUF file or a registry id)")
-    from edgeds.catalog.resolve import resolve_model
+    from edgeds.loader import context_warning, fetch_model
     from edgeds.machine.placement import parse_moe_offload
     from edgeds.runtime.params import GenerationParams
 
     parse_moe_offload(moe_offload)
-    params = GenerationParams(max_tokens=max_tokens, grammar=read_grammar(grammar))
-    resolve_model(model, pull="ask")  # downloads (asking first) before the UI starts
+    params = GenerationParams(max_tokens=max_tokens, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
+                              grammar=read_grammar(grammar))
+    resolved = fetch_model(model, pull="ask")  # downloads (checked, asking first) before the UI starts
+    if warning := context_warning(resolved.path, n_ctx):
+        print(warning, file=sys.stderr)
     from edgeds.app import run_chat
 
-    run_chat(model, n_ctx=n_ctx, system=system, moe_offload=moe_offload, params=params)
+    opener = model_opener(threads, not no_think_prefix) if threads or no_think_prefix else None
+    run_chat(model, n_ctx=n_ctx, system=system, moe_offload=moe_offload, params=params, open_model=opener)
