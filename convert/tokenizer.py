@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from edgeds.convert.checkpoint import load_json
 from edgeds.errors import ConversionError
 
 # Tokenizer classes that rebuild their post-processor from add_bos_token / add_eos_token.
@@ -108,15 +109,7 @@ def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
         if required:
             raise ConversionError(f"{path}: missing; the tokenizer needs it (a BPE tokenizer.json)")
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: bad UTF-8 or JSON
-        raise ConversionError(f"{path}: unreadable ({err})") from None
-    except RecursionError:
-        raise ConversionError(f"{path}: unreadable (JSON nested too deeply)") from None
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path}: expected a JSON object")
-    return data
+    return load_json(path, "a tokenizer file")
 
 
 def _canonical_pre(pre: Any) -> tuple[tuple[object, ...], ...] | None:

@@ -159,6 +159,19 @@ def test_expert_counts_llama_cpp_asserts_on(tmp_path):
 # 9. `edgeds rm` deletes inside the hub cache only
 
 
+def remove_my_model(capsys) -> str:
+    """`edgeds rm my-model:Q4_1` with USER_ENTRY as the user registry; returns its output."""
+    user_registry_path().parent.mkdir(parents=True, exist_ok=True)
+    user_registry_path().write_text(USER_ENTRY)
+    try:
+        main(["rm", "my-model:Q4_1"])
+    except SystemExit as stop:
+        assert stop.code in (0, None)
+    finally:
+        user_registry_path().unlink()
+    return capsys.readouterr().out.strip()
+
+
 def test_rm_never_follows_a_link_out_of_the_cache(tmp_path, monkeypatch, capsys):
     from huggingface_hub import constants
 
@@ -173,15 +186,7 @@ def test_rm_never_follows_a_link_out_of_the_cache(tmp_path, monkeypatch, capsys)
     victim.write_text("not a model")
     link = repo / "snapshots" / commit / "my-model.Q4_1.gguf"
     link.symlink_to(victim)
-    user_registry_path().parent.mkdir(parents=True, exist_ok=True)
-    user_registry_path().write_text(USER_ENTRY)
-    try:
-        main(["rm", "my-model:Q4_1"])
-    except SystemExit as stop:
-        assert stop.code in (0, None)
-    finally:
-        user_registry_path().unlink()
-    assert "deleted my-model:Q4_1 (1 file(s))" in capsys.readouterr().out
+    assert remove_my_model(capsys) == "deleted my-model:Q4_1 (1 file(s))"
     assert victim.read_text() == "not a model" and not link.is_symlink()
 
     # the usual layout: a link to ../../blobs/ETAG: link and blob go
@@ -189,13 +194,7 @@ def test_rm_never_follows_a_link_out_of_the_cache(tmp_path, monkeypatch, capsys)
     blob.parent.mkdir()
     blob.write_bytes(b"GGUF")
     link.symlink_to(os.path.relpath(blob, link.parent))
-    user_registry_path().write_text(USER_ENTRY)
-    try:
-        main(["rm", "my-model:Q4_1"])
-    except SystemExit as stop:
-        assert stop.code in (0, None)
-    finally:
-        user_registry_path().unlink()
+    assert remove_my_model(capsys) == "deleted my-model:Q4_1 (1 file(s))"
     assert not blob.exists() and not link.is_symlink() and victim.exists()
 
 

@@ -192,7 +192,7 @@ def test_hub_snapshot_links_into_its_blobs_are_followed(tmp_path):
     ("config.json", lambda c: c.update(architectures="Qwen2ForCausalLM"), "architectures is 'Qwen2ForCausalLM'"),
     ("config.json", lambda c: c.update(num_key_value_heads=3), "llama.cpp needs whole groups of heads"),
     ("config.json", lambda c: c.update(rms_norm_eps=float("nan")), "rms_norm_eps is nan"),
-    ("tokenizer.json", lambda t: [t], "tokenizer.json: expected a JSON object"),
+    ("tokenizer.json", lambda t: [t], "tokenizer.json: a tokenizer file must be a JSON object, not list"),
     ("tokenizer.json", lambda t: t.update(model=[1]), "not a BPE tokenizer"),
     ("tokenizer.json", lambda t: t.update(added_tokens={"a": 1}), "added_tokens must be a list"),
     ("tokenizer.json", lambda t: t["added_tokens"][0].pop("id"), "added_tokens[0] needs a string 'content' and an 'id'"),

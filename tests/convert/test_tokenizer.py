@@ -200,7 +200,7 @@ def test_missing_tokenizer_json_names_the_file(tmp_path):
 def test_unreadable_tokenizer_json_names_the_file(tmp_path):
     model = _copy_fixture(tmp_path)
     (model / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab"', encoding="utf-8")
-    with pytest.raises(ConversionError, match=r"tokenizer\.json: unreadable"):
+    with pytest.raises(ConversionError, match=r"tokenizer\.json: not valid JSON"):
         vocab_metadata(model, 152064)
 
 
