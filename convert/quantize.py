@@ -156,32 +156,11 @@ def quantize(
 
 
 def _imatrix_entries(path: Path) -> list[tuple[str, np.ndarray]]:
-    """A GGUF imatrix (llama-imatrix's `NAME.in_sum2` / `NAME.counts` tensors) as the (NAME, mean
-    squared activations) entries llama.cpp takes."""
-    import numpy as np
+    """An importance matrix (GGUF, llama.cpp's legacy .dat, or `REPO:FILE` on the hub) as the
+    (NAME, mean squared activations) entries llama.cpp takes (edgeds.measure.imatrix)."""
+    from edgeds.measure.imatrix import read_imatrix, resolve_imatrix
 
-    from edgeds.catalog.gguf import read_file
-
-    if not path.is_file():
-        raise QuantizeError(f"{path}: no such imatrix file")
-    try:
-        imatrix = read_file(path)
-    except EdgedsError as err:
-        raise QuantizeError(f"{path}: not a GGUF imatrix ({str(err).removeprefix(f'{path}: ')})") from None
-    names = {t.name for t in imatrix.tensors}
-    entries = []
-    for t in imatrix.tensors:
-        if not t.name.endswith(".in_sum2"):
-            continue
-        base = t.name[: -len(".in_sum2")]
-        if base + ".counts" not in names:
-            raise QuantizeError(f"{path}: {base}.counts is missing")
-        counts = imatrix.f32(base + ".counts").reshape(-1, 1)
-        sums = imatrix.f32(t.name).reshape(len(counts), -1)
-        entries.append((base, (sums / np.maximum(counts, 1.0)).reshape(-1)))
-    if not entries:
-        raise QuantizeError(f"{path}: no imatrix entries (expected NAME.in_sum2 and NAME.counts tensors)")
-    return entries
+    return read_imatrix(resolve_imatrix(path)).importance()
 
 
 def quantize_file(

@@ -25,6 +25,7 @@ from edgeds.cli import (  # noqa: E402,F401
     batch,
     serve,
     evaluate,
+    imatrix,
 )
 from edgeds.cli.examples import epilog  # noqa: E402
 

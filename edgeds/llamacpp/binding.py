@@ -167,7 +167,13 @@ class Context:
         n_seq_max: int = 1,
         n_threads: int | None = None,
         kv_unified: bool = True,
+        eval_callback=None,
+        f32_attention: bool = False,
     ):
+        """`eval_callback`: a `llama_cpp.ggml_backend_sched_eval_callback` that sees the graph's
+        tensors as they are computed (edgeds.llamacpp.eval_callback); kept alive with the context.
+        `f32_attention`: an F32 KV cache and no flash attention, so that no activation is rounded
+        to F16 on the way (for measuring the model; costs memory and speed at long contexts)."""
         self.model = model
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
@@ -179,6 +185,12 @@ class Context:
             params.n_threads = n_threads
             params.n_threads_batch = n_threads
         params.no_perf = True
+        self._eval_callback = eval_callback
+        if eval_callback is not None:
+            params.cb_eval = eval_callback
+        if f32_attention:
+            params.type_k = params.type_v = llama_cpp.GGML_TYPE_F32
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         with captured_llama_log() as log:
             ptr = llama_cpp.llama_init_from_model(model.ptr, params)
         if not ptr:
