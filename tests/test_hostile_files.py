@@ -155,6 +155,39 @@ def test_expert_counts_llama_cpp_asserts_on(tmp_path):
             read_gguf(model)
 
 
+def raw_gguf(path: Path, kv: list[bytes], tensors: list[tuple[str, list[int], int, int]], data: int = 1024) -> Path:
+    """A GGUF written byte by byte: encoded key/values, (name, dims, ggml type, offset) tensors."""
+    def string(text: str) -> bytes:
+        return struct.pack("<Q", len(text.encode())) + text.encode()
+
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv)) + b"".join(kv)
+    for name, dims, kind, offset in tensors:
+        head += string(name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, kind, offset)
+    path.write_bytes(head + b"\0" * (-len(head) % 32 + data))
+    return path
+
+
+def _kv(key: str, vtype: int, payload: bytes) -> bytes:
+    return struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", vtype) + payload
+
+
+@pytest.mark.parametrize("kv, tensors, problem", [
+    ([], [("a", [8], 0, 0), ("a", [8], 0, 32)], "tensor 'a' appears twice"),
+    ([_kv("k", 4, struct.pack("<I", 1)), _kv("k", 4, struct.pack("<I", 2))], [], "key 'k' appears twice"),
+    ([_kv("k", 9, struct.pack("<IQ", 9, 1) + struct.pack("<IQ", 4, 0))], [], "an array of GGUF value type 9"),
+    ([], [("a", [8], 0, 4)], "tensor 'a' at offset 4, not a multiple of the alignment 32"),
+    ([], [("q", [100, 2], 12, 0)], "rows of 100 do not fill Q4_K blocks of 256"),
+    ([], [("x", [1 << 63, 2], 0, 0)], "corrupt GGUF header (tensor 'x': F32"),
+    ([], [("x", [8], 4, 0)], "not a readable GGUF file"),  # ggml type 4 (Q4_2) was removed
+    ([], [("x", [8, 8, 8, 8, 8], 0, 0)], "tensor 'x' has 5 dimensions"),
+    ([_kv("general.architecture", 8, struct.pack("<Q", 6) + b"llama\n")], [], "is not an architecture name"),
+])
+def test_gguf_structure_llama_cpp_refuses(tmp_path, kv, tensors, problem):
+    with pytest.raises(EdgedsError) as err:
+        read_gguf(raw_gguf(tmp_path / "x.gguf", kv, tensors))
+    assert problem in str(err.value) and "\n" not in str(err.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # 9. `edgeds rm` deletes inside the hub cache only
 

@@ -261,3 +261,14 @@ def test_output_that_is_one_of_the_inputs(ckpt, tmp_path, capsys, name, quant):
     assert (ckpt / name).read_bytes() == before
     assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json",
                                                       "tokenizer_config.json"]
+
+
+def test_deepseek_config_using_more_experts_than_it_has():
+    """llama.cpp asserts n_expert_used <= n_expert while loading: refuse such a config up front."""
+    from edgeds.convert.arch import deepseek2
+    from edgeds.errors import ConversionError
+
+    cfg = {"architectures": ["DeepseekV3ForCausalLM"], "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+           "n_routed_experts": 4, "num_experts_per_tok": 6}
+    with pytest.raises(ConversionError, match="num_experts_per_tok 6 is more than n_routed_experts 4"):
+        deepseek2.metadata(cfg)
