@@ -91,7 +91,8 @@ def _check_imatrix(recipe: Recipe, imatrix) -> None:
     if recipe.needs_imatrix and imatrix is None:
         raise QuantizeError(
             f"{recipe.name} needs an importance matrix (llama.cpp refuses IQ1/IQ2/IQ3_XXS tensors without one): "
-            "pass --imatrix FILE (a GGUF imatrix from llama-imatrix), or choose a K-quant recipe such as moe-q2 or Q2_K"
+            "pass --imatrix FILE (make one with `edgeds imatrix MODEL.gguf`), or choose a K-quant recipe such as "
+            "moe-q2 or Q2_K"
         )
 
 

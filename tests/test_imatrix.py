@@ -402,7 +402,14 @@ def test_quantize_reports_a_bad_imatrix_in_one_line(smollm2_path, tmp_path):
     bad.write_bytes(struct.pack("<ii", 1, -3))
     code, _, stderr = run_cli("quantize", smollm2_path, tmp_path / "q.gguf", "Q4_0", "--imatrix", bad)
     assert code != 0 and stderr.strip() == f"edgeds: error: {bad}: entry 1 has a name of -3 bytes"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.dat"]
+    # a well-formed imatrix of another model: llama.cpp's own check, reported in one line
+    other = Imatrix({"blk.0.attn_q.weight": Entry(np.ones((1, 7)), np.array([1.0]))}, ("x",), 1, 1)
+    other.write(tmp_path / "other.gguf")
+    code, _, stderr = run_cli("quantize", smollm2_path, tmp_path / "q.gguf", "Q4_0", "--allow-requantize",
+                              "--imatrix", tmp_path / "other.gguf")
+    assert code != 0 and len(stderr.strip().splitlines()) == 1
+    assert "imatrix size 7 is different from tensor size 576 for blk.0.attn_q.weight" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.dat", "other.gguf"]
 
 
 # ---------------------------------------------------------------- parity with transformers (slow)

@@ -18,7 +18,8 @@ def quantize(
     out: Optional[Path] = typer.Argument(None, help="The GGUF to write."),
     quant: Optional[str] = typer.Argument(None, help="A recipe (moe-q2, moe-q3, moe-q4, ...) or llama.cpp type (Q4_K_M, Q8_0, ...)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print each tensor's type and the resulting size; write nothing."),
-    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="A GGUF importance matrix (needed by IQ1/IQ2/IQ3_XXS types)."),
+    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="An importance matrix (needed by IQ1/IQ2/IQ3_XXS types): a GGUF from "
+                                         "edgeds imatrix or llama-imatrix, a legacy .dat, or REPO:FILE on the hub."),
     layout: str = typer.Option("auto", "--layout", help="auto (expert-offload layout for MoE files), plain (llama.cpp's order)."),
     split_experts: bool = typer.Option(False, "--split-experts", help="MoE: write NAME-00001-of-00002.gguf (hot tensors) "
                                        "and NAME-00002-of-00002.gguf (routed experts)."),
