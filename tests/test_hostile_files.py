@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sqlite3
 import struct
 import subprocess
@@ -143,15 +144,17 @@ def test_block_count_must_match_the_layers_in_the_tensor_table(tmp_path, smollm2
 
 
 def test_expert_counts_llama_cpp_asserts_on(tmp_path):
+    """Each of these aborts llama.cpp while it loads the model (GGML_ASSERT on n_expert and
+    n_expert_used), whatever the architecture."""
     from gguf import GGUFValueType
 
     u32 = GGUFValueType.UINT32
-    for counts, problem in [((600, 8), "expert_count = 600 is out of range"),
+    for counts, problem in [((1025, 8), "expert_count = 1025 is out of range (0 to 1024"),
                             ((8, 9), "expert_used_count = 9 does not fit"),
                             ((8, 0), "expert_used_count = 0 does not fit")]:
         model = write_gguf(tmp_path / "e.gguf", extra={"llama.expert_count": (counts[0], u32),
                                                         "llama.expert_used_count": (counts[1], u32)})
-        with pytest.raises(EdgedsError, match=problem):
+        with pytest.raises(EdgedsError, match=re.escape(problem)):
             read_gguf(model)
 
 

@@ -46,8 +46,8 @@ CONFIG_KEYS: dict[str, tuple[str, Any, Any]] = {
     "qk_rope_head_dim": ("int", *_DIM),
     "qk_nope_head_dim": ("int", *_DIM),
     "v_head_dim": ("int", *_DIM),
-    "n_routed_experts": ("int", 1, 512),  # LLAMA_MAX_EXPERTS
-    "num_experts_per_tok": ("int", 1, 512),
+    "n_routed_experts": ("int", 1, 1024),  # LLAMA_MAX_EXPERTS (edgeds.catalog.gguf.LIMITS)
+    "num_experts_per_tok": ("int", 1, 1024),
     "moe_intermediate_size": ("int", *_DIM),
     "n_shared_experts": ("int", *_COUNT),
     "first_k_dense_replace": ("int", 0, LLAMA_MAX_LAYERS),

@@ -54,11 +54,12 @@ _LAYER = re.compile(r"^blk\.(\d+)\.")
 _ARCH = re.compile(r"[\w-]+")  # llama.cpp's names: llama, qwen2, deepseek2, t5encoder, ...
 
 # `{arch}.KEY` → (lowest, highest): hyperparameters llama.cpp asserts on while loading (an abort,
-# not an error) — LLAMA_MAX_LAYERS and LLAMA_MAX_EXPERTS in llama-hparams.
+# not an error): LLAMA_MAX_LAYERS and LLAMA_MAX_EXPERTS of the llama.cpp edgeds is built with
+# (block_count 0 and 513, expert_count 1025 abort it; 512 and 1024 load).
 LIMITS: dict[str, tuple[int, int]] = {
     "block_count": (1, 512),
-    "expert_count": (0, 512),
-    "expert_used_count": (0, 512),
+    "expert_count": (0, 1024),
+    "expert_used_count": (0, 1024),
 }
 
 # The expert-offload layout record edgeds writes into MoE files (see edgeds.convert.layout).
