@@ -126,22 +126,21 @@ def _parse_header(path: Path) -> dict[str, TensorEntry]:
     return {name: _entry(path, name, info, base, size) for name, info in header.items() if name != "__metadata__"}
 
 
-def inside(folder: Path, name: Any) -> Path | None:
-    """`folder / name` when `name` is a relative path that stays in the checkpoint, else None.
+def is_inside(folder: Path, name: Any) -> bool:
+    """Whether `name` is a relative file name that stays in the checkpoint folder.
 
-    A link may lead out of the folder only into the hub cache's blob store of the same repository:
-    a hub snapshot (`…/models--OWNER--NAME/snapshots/REV/`) holds links to `../../blobs/`.
+    A link may lead out of the folder only when the folder is a hub snapshot, and then only into
+    that repository's cache folder: snapshot files are links to `../../blobs/ETAG`.
     """
     if not isinstance(name, str) or not name or "\\" in name or not name.isprintable():
-        return None
+        return False
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts:
-        return None
+        return False
     root = folder.resolve()
     if root.parent.name == "snapshots":
         root = root.parent.parent
-    target = (folder / relative).resolve()
-    return folder / relative if target.is_relative_to(root) else None
+    return (folder / relative).resolve().is_relative_to(root)
 
 
 def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -182,7 +181,7 @@ class Checkpoint:
             if not isinstance(weight_map, dict):
                 raise ConversionError(f"{index_path}: not a safetensors index (no weight_map object)")
             for name, file in weight_map.items():
-                if inside(self.folder, file) is None:
+                if not is_inside(self.folder, file):
                     raise ConversionError(f"{index_path}: weight_map puts {name!r} in {file!r}, which is not "
                                           "a file name inside the checkpoint folder")
             self.files.append(index_path)
@@ -196,7 +195,7 @@ class Checkpoint:
             weight_map = None
             if not files:
                 raise ConversionError(f"{self.folder}: no *.safetensors files (and no {INDEX})")
-            outside = [f for f in files if inside(self.folder, f) is None]
+            outside = [f for f in files if not is_inside(self.folder, f)]
             if outside:
                 raise ConversionError(f"{self.folder / outside[0]}: a link out of the checkpoint folder")
         entries: dict[str, TensorEntry] = {}
