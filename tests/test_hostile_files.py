@@ -184,6 +184,9 @@ def _kv(key: str, vtype: int, payload: bytes) -> bytes:
     ([], [("x", [8], 4, 0)], "not a readable GGUF file"),  # ggml type 4 (Q4_2) was removed
     ([], [("x", [8, 8, 8, 8, 8], 0, 0)], "tensor 'x' has 5 dimensions"),
     ([_kv("general.architecture", 8, struct.pack("<Q", 6) + b"llama\n")], [], "is not an architecture name"),
+    ([_kv("general.architecture", 8, struct.pack("<Q", 5) + b"llama"), _kv("llama.block_count", 4, struct.pack("<I", 1))],
+     [("blk.0.a", [8], 0, 0), ("blk.4000000000.a", [8], 0, 32)], "block_count = 1, but the tensor table holds "
+                                                               "2 layers up to blk.4000000000"),
 ])
 def test_gguf_structure_llama_cpp_refuses(tmp_path, kv, tensors, problem):
     with pytest.raises(EdgedsError) as err:

@@ -298,7 +298,8 @@ def check_model(path: Path, metadata: dict[str, Any], tensors: tuple[TensorInfo,
     if n_layer is None or not layers:  # a vocabulary-only file has no layers to compare
         return
     if layers != set(range(n_layer)):
-        held = f"layers 0-{max(layers)}" if layers == set(range(max(layers) + 1)) else f"{len(layers)} layers"
+        top = max(layers)
+        held = f"layers 0-{top}" if len(layers) == top + 1 else f"{len(layers)} layers up to blk.{top}"
         raise EdgedsError(f"{path}: {arch}.block_count = {n_layer}, but the tensor table holds {held}")
 
 
