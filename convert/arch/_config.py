@@ -56,7 +56,7 @@ CONFIG_KEYS: dict[str, tuple[str, Any, Any]] = {
     "routed_scaling_factor": ("number", 0, math.inf),
     "norm_topk_prob": ("bool", None, None),
     "scoring_func": ("str", None, None),
-    "num_nextn_predict_layers": ("int", *_COUNT),
+    "num_nextn_predict_layers": ("int", 0, LLAMA_MAX_LAYERS),
 }
 # The same for the keys of `rope_scaling` / `rope_parameters` and `quantization_config`.
 ROPE_KEYS: dict[str, tuple[str, Any, Any]] = {
