@@ -193,22 +193,26 @@ def test_safetensors_header_reader(tmp_path, part):
     assert time.monotonic() - start < 30
 
 
-def test_checkpoint_index_and_config(tmp_path):
-    """300 checkpoint folders whose index or config.json has a field of the wrong type."""
-    from edgeds.convert.checkpoint import Checkpoint
+def test_checkpoint_json_files(tmp_path):
+    """200 checkpoint folders in which one of config.json, the index, tokenizer.json and
+    tokenizer_config.json has a field of the wrong type, each planned for conversion (headers,
+    architecture, tensor plan and shapes, tokenizer metadata: everything short of writing)."""
+    from edgeds.convert import prepare
     from tests.numpy_checkpoints import build_qwen2
 
     folder = build_qwen2(tmp_path / "ckpt", hidden=8, ff=16, layers=1, heads=2, kv_heads=1, vocab=264)
-    config = json.loads((folder / "config.json").read_text())
     header, _ = _header_parts((folder / "model.safetensors").read_bytes())
-    index = {"metadata": {"total_size": 1}, "weight_map": {n: "model.safetensors" for n in header if n != "__metadata__"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": 1}, "weight_map": {n: "model.safetensors" for n in header if n != "__metadata__"}}))
+    files = {p.name: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    assert len(files) == 4 and prepare(folder, "f16")
     rng = random.Random(SEED)
     start = time.monotonic()
-    for case in range(300):
-        (folder / "config.json").write_text(json.dumps(mutate_json(config, rng) if case % 2 else config))
-        (folder / "model.safetensors.index.json").write_text(json.dumps(mutate_json(index, rng) if case % 2 == 0
-                                                                        else index))
-        check(lambda: Checkpoint(folder), f"checkpoint seed {SEED} case {case}")
+    for case in range(200):
+        damaged = sorted(files)[case % 4]
+        for name, value in files.items():
+            (folder / name).write_text(json.dumps(mutate_json(value, rng) if name == damaged else value))
+        check(lambda: prepare(folder, "f16"), f"checkpoint seed {SEED} case {case} ({damaged})")
     assert time.monotonic() - start < 30
 
 
