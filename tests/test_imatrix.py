@@ -94,6 +94,10 @@ def test_dense_and_per_head_sums_match_llama_cpp_loops():
     entry = acc.entries()["blk.0.attn_q.weight"]
     np.testing.assert_allclose(entry.sums.reshape(-1), 5 * want, rtol=1e-6)  # x² + (2x)²
     assert entry.counts.tolist() == [2 * rows]
+    half = x.astype(np.float16)  # F16 activations, where a backend hands those over
+    acc.add(WeightProduct("blk.0.ffn_up.weight", (5, 3, 1, 1), half, None))
+    want, _ = reference_dense((5, 3, 1, 1), half.astype(np.float32))
+    np.testing.assert_allclose(acc.entries()["blk.0.ffn_up.weight"].sums.reshape(-1), want, rtol=1e-6)
     # a weight of 4 heads (MLA's attn_k_b) with a permuted, non-contiguous input, as llama.cpp hands it over
     heads = np.ascontiguousarray(rng.normal(size=(6, 4, 3)).astype(np.float32)).transpose(1, 0, 2)[None]
     assert not heads.flags.c_contiguous

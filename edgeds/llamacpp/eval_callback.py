@@ -139,8 +139,12 @@ class WeightTap:
     def _wanted(self, address: int) -> bool:
         t = GgmlTensor.from_address(address)
         weight, inputs = t.src[0], t.src[1]
-        return (bool(weight) and bool(inputs) and inputs.contents.type in ACTIVATION_DTYPES
-                and self._select(_weight_name(weight.contents)))
+        if not (weight and inputs and self._select(_weight_name(weight.contents))):
+            return False
+        if inputs.contents.type not in ACTIVATION_DTYPES:  # never skip a selected weight silently
+            raise EdgedsError(f"{_weight_name(weight.contents)}: activations of ggml type {inputs.contents.type} "
+                              "(edgeds reads F32 and F16 ones)")
+        return True
 
     @staticmethod
     def _product(t: GgmlTensor) -> WeightProduct:
