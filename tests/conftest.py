@@ -61,3 +61,15 @@ def tiny_r1_gguf(tiny_r1_hf, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-r1-gguf") / "tiny-r1-qwen.gguf"
     return convert(tiny_r1_hf, out, outtype="f32", progress=False)
+
+
+@pytest.fixture(scope="session")
+def reference_r1_gguf(tiny_r1_hf, tmp_path_factory) -> Path:
+    """The tiny R1-tokenizer model converted by llama.cpp's own converter (from the llama-cpp-python
+    sdist, fetched once into ~/.cache/edgeds-test), as the published R1-Distill GGUFs are: the
+    original chat template, whose generation prompt ends at <｜Assistant｜>, and a general.name
+    that says R1."""
+    from tests.llamacpp_reference import convert_reference
+
+    out = tmp_path_factory.mktemp("reference-r1-gguf") / "DeepSeek-R1-Distill-Qwen-tiny-F32.gguf"
+    return convert_reference(tiny_r1_hf, out, model_name="DeepSeek R1 Distill Qwen Tiny")

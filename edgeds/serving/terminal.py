@@ -63,8 +63,9 @@ class _ProgressLine:
             self.stderr.write(CLEAR_LINE)
 
 
-def show(events: Iterable[Event], output: Output, *, stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr) -> Stats:
-    """Print a generation as it streams; returns its stats."""
+def show(events: Iterable[Event], output: Output, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> Stats:
+    """Print a generation as it streams (to sys.stdout and sys.stderr as they are at the call); returns its stats."""
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     dim = stderr.isatty()
     in_reasoning = False
     answered = False
