@@ -50,7 +50,7 @@ def imatrix(
         try:
             result, ppl = compute_imatrix(model, body, dataset=dataset, chunk_size=chunk_size, max_chunks=chunks,
                                           n_threads=threads, moe_offload=moe_offload, on_chunk=on_chunk,
-                                          on_placement=lambda line: typer.echo(line, err=True))
+                                          on_placement=lambda line: bar.write(line, file=sys.stderr))
         finally:
             bar.close()
         result.write(out)
