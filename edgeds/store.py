@@ -213,7 +213,6 @@ class Store:
             raise EdgedsError(f"{self.path}: message {message_id} has corrupt stats (not a JSON object)")
         return stats
 
-
     def history(self, conversation_id: int) -> list[dict]:
         """What goes back to the model: role/content of finished turns; no reasoning, and a user
         message whose reply was cancelled or failed is left out together with that reply."""
