@@ -4,12 +4,18 @@
   `max_tokens`, `temperature`, `top_p`, `seed`, `system`; a missing id becomes the line number,
   and an id that repeats an earlier row's (a line number included) makes the later row an error.
 - A bad row (not JSON, unknown key, wrong type, prompt too long) gets an output row with
-  `error` set, naming the line and key; the run goes on.
+  `error` set, naming the line and key; the run goes on. A row's own fields go under
+  `metadata` (a JSON object), which is copied to its output row; any other unknown key is an
+  error, so that a typo ("promt") or a setting edgeds does not know is never dropped silently.
 - Output rows come in input order. Rows finish out of order when several run in parallel: the
   next row in order goes straight to the output, a row that finished early goes to a side
   journal (`OUT.pending`) until its turn. Every write is flushed and fsynced, so a killed run
   (SIGKILL included) loses no finished row; on resume a torn last line is dropped, ids already
   in the output are skipped and rows from the journal are written in their turn.
+- A rerun retries the rows whose output is an error row (`retry_errors`): the output is first
+  rewritten without them, and once every row is written it is put back in input order. Both
+  rewrites go to a new file that replaces the output by a rename, so a kill leaves the old
+  file or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import os
 import queue
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
@@ -35,8 +41,10 @@ ROW_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "prompt": ((str,), "a string"),
     "messages": ((list,), "a list of messages"),
     "system": ((str,), "a string"),
+    "metadata": ((dict,), "a JSON object"),  # copied as it is to the output row
 }
 PENDING_SUFFIX = ".pending"
+REWRITE_SUFFIX = ".rewrite"
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class Row:
     params: GenerationParams | None = None
     error: str | None = None
     key: str = "prompt"  # the key the conversation came from, for error messages
+    metadata: dict | None = None  # the row's own fields, for its output row
 
 
 class Backend(Protocol):
@@ -66,7 +75,8 @@ class Backend(Protocol):
 
 
 def parse_row(text: str, *, index: int, line: int, defaults: GenerationParams) -> Row:
-    """Validate one input line; a bad row comes back with `error` set (never raises)."""
+    """Validate one input line; a bad row comes back with `error` set (never raises). A
+    `metadata` object comes along, on an error row too."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -75,6 +85,13 @@ def parse_row(text: str, *, index: int, line: int, defaults: GenerationParams) -
         return Row(index, line, line, error=f"line {line}: not valid JSON (nested too deeply)")
     if not isinstance(data, dict):
         return Row(index, line, line, error=f"line {line}: a row must be a JSON object, not {type_name(data)}")
+    row = _row_of(data, index=index, line=line, defaults=defaults)
+    metadata = data.get("metadata")
+    return replace(row, metadata=metadata) if isinstance(metadata, dict) else row
+
+
+def _row_of(data: dict, *, index: int, line: int, defaults: GenerationParams) -> Row:
+    """The conversation and parameters of one input object, or the first thing wrong with it."""
     row_id = data.get("id", line)
     safe_id = row_id if isinstance(row_id, (str, int)) and not isinstance(row_id, bool) else line
     for key, value in data.items():
@@ -82,7 +99,8 @@ def parse_row(text: str, *, index: int, line: int, defaults: GenerationParams) -
             continue
         if key not in ROW_KEYS:
             known = ", ".join([*ROW_KEYS, *SAMPLING_FIELDS])
-            return Row(index, line, safe_id, error=f"line {line}: unknown key {key!r} (expected one of: {known})")
+            return Row(index, line, safe_id, error=f"line {line}: unknown key {key!r} (expected one of: {known}; "
+                                                   "a row's own fields go under 'metadata')")
         types, what = ROW_KEYS[key]
         if isinstance(value, bool) or not isinstance(value, types):
             return Row(index, line, safe_id, error=f"line {line}: key {key!r} must be {what}, not {type_name(value)}")
@@ -204,10 +222,55 @@ def _read_complete_lines(path: Path, *, truncate: bool, key: str = "id") -> list
     return rows
 
 
-class OrderedWriter:
-    """Writes rows in input order, durably; rows that finish early wait in a side journal."""
+def _line(row: dict) -> bytes:
+    return json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n"
 
-    def __init__(self, path: Path, *, overwrite: bool):
+
+def _rewrite(path: Path, rows: list[dict]) -> None:
+    """Replace `path` by a file of `rows`, atomically: written and fsynced beside it, then renamed
+    over it, so that a kill leaves either the old file or the new one."""
+    tmp = path.with_name(path.name + REWRITE_SUFFIX)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(b"".join(_line(row) for row in rows))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if os.name != "nt":  # make the rename durable (Windows has no directory handle to sync)
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise EdgedsError(f"{path}: cannot write the output ({err.strerror})") from None
+
+
+def put_in_input_order(path: Path, rows: list[Row]) -> None:
+    """Rewrite the output in input order where it is not (rows retried, or added to the input
+    after a run, went to its end); rows whose id left the input keep their order, at the end.
+    A repeated id (its later rows are error rows) matches its input rows in turn."""
+    positions: dict[str, list[int]] = {}
+    for row in rows:
+        positions.setdefault(id_key(row.id), []).append(row.index)
+    written = _read_complete_lines(path, truncate=False)
+    keys = []
+    for row in written:
+        free = positions.get(id_key(row["id"]))
+        keys.append(free.pop(0) if free else len(rows))
+    if keys != sorted(keys):
+        _rewrite(path, [row for _, row in sorted(zip(keys, written), key=lambda pair: pair[0])])
+
+
+class OrderedWriter:
+    """Writes rows in input order, durably; rows that finish early wait in a side journal.
+
+    With `retry_errors`, error rows already in the output (and the journal) are dropped first,
+    so that their ids run again; `retried_ids` are their ids.
+    """
+
+    def __init__(self, path: Path, *, overwrite: bool, retry_errors: bool = False):
         self.path = path
         self.pending_path = path.with_name(path.name + PENDING_SUFFIX)
         if path.parent and not path.parent.exists():
@@ -215,11 +278,20 @@ class OrderedWriter:
         if overwrite:
             for p in (path, self.pending_path):
                 p.unlink(missing_ok=True)
-        self.done_ids = {id_key(row["id"]) for row in _read_complete_lines(path, truncate=True)}
+        written = _read_complete_lines(path, truncate=True)
+        ok = {id_key(row["id"]) for row in written if not row.get("error")}
+        # an error row whose id also has a good row is a repeated id's: rerunning it could not help
+        failed = [row for row in written if row.get("error") and id_key(row["id"]) not in ok] if retry_errors else []
+        if failed:
+            written = [row for row in written if not any(row is f for f in failed)]
+            _rewrite(path, written)
+        self.retried_ids = {id_key(row["id"]) for row in failed}
+        self.done_ids = {id_key(row["id"]) for row in written}
         self.journal: dict[int, dict] = {}  # input index → row finished before a kill
         for entry in _read_complete_lines(self.pending_path, truncate=True, key="index"):
             row, index = entry.get("row"), entry.get("index")
-            if isinstance(row, dict) and isinstance(index, int) and id_key(row.get("id")) not in self.done_ids:
+            if isinstance(row, dict) and isinstance(index, int) and id_key(row.get("id")) not in self.done_ids \
+                    and not (retry_errors and row.get("error")):
                 self.journal[index] = row
         try:
             self._out = open(path, "ab")
@@ -253,7 +325,7 @@ class OrderedWriter:
 
     def _write(self, f, row: dict) -> None:
         try:
-            f.write(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+            f.write(_line(row))
             f.flush()
             os.fsync(f.fileno())
         except OSError as err:
@@ -290,14 +362,20 @@ class Summary:
     rows_per_s: float
     tok_per_s: float
     interrupted: bool = False
+    unfinished: int = 0  # rows not written: the backend gave up on them (a server that stayed unreachable)
+    unfinished_reason: str | None = None  # why the first of them was given up
+    retried: int = 0  # rows run again because their output was an error row (counted in completed or errors)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def line(self) -> str:
         state = "interrupted (rerun the same command to resume)" if self.interrupted else "done"
-        return (f"edgeds batch: {state}: {self.completed} ok, {self.errors} errors, {self.skipped} already done "
-                f"of {self.rows} rows in {self.elapsed_s:.1f} s · {self.rows_per_s:.2f} rows/s · "
+        left = (f", {self.unfinished} unfinished (rerun the same command to retry them; {self.unfinished_reason})"
+                if self.unfinished else "")
+        retried = f" ({self.retried} error rows of an earlier run retried)" if self.retried else ""
+        return (f"edgeds batch: {state}: {self.completed} ok, {self.errors} errors{left}, {self.skipped} already done "
+                f"of {self.rows} rows{retried} in {self.elapsed_s:.1f} s · {self.rows_per_s:.2f} rows/s · "
                 f"{self.tok_per_s:.1f} tok/s → {self.output}")
 
 
@@ -309,40 +387,48 @@ def run_batch(
     defaults: GenerationParams = GenerationParams(),
     parallel: int = 1,
     overwrite: bool = False,
+    retry_errors: bool = True,
     progress: bool | None = None,
 ) -> Summary:
-    """Run every row of `input_path` not yet in `output_path` on `backend`.
+    """Run every row of `input_path` not yet in `output_path` on `backend`; with `retry_errors`,
+    also the rows whose output is an error row.
 
     Raises:
         EdgedsError: the input cannot be read, or the output is not an edgeds batch file.
     """
     rows = read_rows(input_path, defaults)
-    writer = OrderedWriter(output_path, overwrite=overwrite)
+    writer = OrderedWriter(output_path, overwrite=overwrite, retry_errors=retry_errors)
     todo = [row for row in rows if id_key(row.id) not in writer.done_ids]
     writer.expect([row.index for row in todo])
-    results: queue.Queue[tuple[Row, dict]] = queue.Queue()
+    results: queue.Queue[tuple[Row, dict | None, str | None]] = queue.Queue()  # row, output row or None, why not
     handles: dict[int, object] = {}
     bar = _progress_bar(len(todo), progress)
     t0 = time.perf_counter()
-    completed = errors = tokens = 0
+    completed = errors = tokens = unfinished = 0
+    unfinished_reason: str | None = None
     interrupted = False
     waiting = iter(todo)
     in_flight = 0
     limit = max(2 * parallel, 2)
 
+    def finished(row: Row, completion: Completion) -> None:
+        if completion.stats.finish_reason == "cancelled":  # never written: the next run does it again
+            results.put((row, None, completion.stats.error or "cancelled"))
+        else:
+            results.put((row, result_row(row, completion), None))
+
     def start(row: Row) -> bool:
         """Submit a row, or finish it at once; True if it now runs."""
         if id_key(writer.journal.get(row.index, {}).get("id")) == id_key(row.id):
-            results.put((row, writer.journal[row.index]))
+            results.put((row, writer.journal[row.index], None))
             return False
         if row.error:
-            results.put((row, error_row(row.id, row.error)))
+            results.put((row, error_row(row.id, row.error), None))
             return False
         try:
-            handles[row.index] = backend.submit(row.messages, row.params,
-                                                lambda c, row=row: results.put((row, result_row(row, c))))
+            handles[row.index] = backend.submit(row.messages, row.params, lambda c, row=row: finished(row, c))
         except EdgedsError as err:
-            results.put((row, error_row(row.id, f"line {row.line}: key {row.key!r}: {err}")))
+            results.put((row, error_row(row.id, f"line {row.line}: key {row.key!r}: {err}"), None))
             return False
         return True
 
@@ -353,14 +439,16 @@ def run_batch(
                 in_flight += start(row)
                 if in_flight >= limit:
                     break
-            row, out = results.get()
+            row, out, why = results.get()
             if row.index in handles:
                 handles.pop(row.index)
                 in_flight -= 1
-            if out.get("finish_reason") == "cancelled":
-                continue  # never written: the next run does it again
-            writer.put(row.index, out)
             remaining -= 1
+            if out is None:
+                unfinished += 1
+                unfinished_reason = unfinished_reason or f"line {row.line}: {why}"
+                continue
+            writer.put(row.index, out if row.metadata is None else {**out, "metadata": row.metadata})
             if out["error"]:
                 errors += 1
             else:
@@ -378,6 +466,8 @@ def run_batch(
         if bar is not None:
             bar.close()
         writer.close()
+    if not interrupted:
+        put_in_input_order(output_path, rows)
     elapsed = time.perf_counter() - t0
     done = completed + errors
     return Summary(
@@ -385,6 +475,8 @@ def run_batch(
         errors=errors, generated_tokens=tokens, elapsed_s=round(elapsed, 3),
         rows_per_s=round(done / elapsed, 3) if elapsed > 0 else 0.0,
         tok_per_s=round(tokens / elapsed, 2) if elapsed > 0 else 0.0, interrupted=interrupted,
+        unfinished=unfinished, unfinished_reason=unfinished_reason,
+        retried=sum(id_key(row.id) in writer.retried_ids for row in todo),
     )
 
 
