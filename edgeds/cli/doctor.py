@@ -61,12 +61,7 @@ def fit_cmd(
                                          "would write it with this recipe or type (moe-iq1, Q4_K_M, ...)."),
 ) -> None:
     """Memory a model needs at a context length, whether and how it fits, its placement plan and
-    its predicted decode speed.
-
-    Examples:
-      edgeds fit r1:UD-IQ1_S --vram 24 --ram 128 --n-ctx 8192
-      edgeds fit r1 --recipe moe-iq1 --vram 24 --ram 128 --n-ctx 8192
-    """
+    its predicted decode speed."""
     from edgeds.machine import fit
     from edgeds.machine.hardware import detect
 

@@ -68,7 +68,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "fit": (
         "edgeds fit r1-distill-qwen-32b --n-ctx 32768",
-        "edgeds fit r1:UD-IQ1_S --ram 128 --vram 24",
+        "edgeds fit r1:UD-IQ1_S --vram 24 --ram 128 --n-ctx 8192",
+        "edgeds fit r1 --recipe moe-iq1 --vram 24 --ram 128 --n-ctx 8192",
     ),
     "bench": (
         "edgeds bench r1-distill-qwen-1.5b",
