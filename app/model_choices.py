@@ -1,4 +1,5 @@
-"""What the model switcher offers: models opened recently, and registry quants already downloaded.
+"""What the model switcher offers: models opened recently, models added with `edgeds add`, and
+registry quants already downloaded.
 
 Recently opened models are kept in `recent-models.json` in the data dir, newest first; files
 are kept by their absolute path and left out once they are gone. Nothing here downloads.
@@ -58,25 +59,29 @@ def remember_model(spec: str, path: Path | None = None) -> None:
         pass
 
 
+def _gb(paths: list[Path]) -> str:
+    return f"{sum(p.stat().st_size for p in paths) / 1e9:.2f} GB"
+
+
 def downloaded_models() -> list[ModelChoice]:
-    """Registry quants whose every file is in the hub cache, as `id:QUANT` with their size."""
+    """Models added with `edgeds add`, then registry quants whose every file is in the hub
+    cache, as `id:QUANT` with their size on disk."""
+    from edgeds.catalog import local
     from edgeds.catalog.hub import cached_parts
     from edgeds.catalog.registry import load_registry
 
+    added = [ModelChoice(model.label, f"added · {_gb(model.parts)}") for model in local.listing()]
     try:
         registry = load_registry()
     except EdgedsError:
-        return []
-    return [
-        ModelChoice(f"{entry.id}:{name}", f"downloaded · {source.size / 1e9:.2f} GB")
-        for entry in registry
-        for name, source in entry.quants.items()
-        if cached_parts(source)
-    ]
+        return added
+    cached = ((f"{entry.id}:{name}", cached_parts(source)) for entry in registry for name, source in entry.quants.items())
+    return added + [ModelChoice(spec, f"downloaded · {_gb(parts)}") for spec, parts in cached
+                    if parts and spec not in {c.spec for c in added}]
 
 
 def model_choices(recent_file: Path | None = None) -> list[ModelChoice]:
-    """Recent models first, then the downloaded ones not among them."""
+    """Recent models first, then the added and downloaded ones not among them."""
     recent = recent_models(recent_file)
     choices = [ModelChoice(spec, "recent") for spec in recent]
     return choices + [c for c in downloaded_models() if c.spec not in recent]

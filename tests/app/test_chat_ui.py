@@ -103,6 +103,7 @@ async def test_model_switcher_lists_downloaded_and_recent_models(smollm2_path, t
     """Found as: Ctrl+L was a bare text box, with no list of the models on this machine."""
     import huggingface_hub.constants
 
+    monkeypatch.setenv("EDGEDS_HOME", str(tmp_path / "home"))  # no recent or added models from other tests
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     entry = load_registry().get("r1-distill-qwen-1.5b")
     cache_quant(tmp_path / "hub", entry.quants["Q4_K_M"], smollm2_path)

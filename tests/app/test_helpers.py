@@ -11,7 +11,8 @@ from edgeds.app import quick_thread_switches
 from edgeds.app.attachments import MAX_ATTACHMENT_CHARS, file_summary, read_attachment, with_file
 from edgeds.app.header import context_line, engine_line, model_label
 from edgeds.app.keymap import load_keymap
-from edgeds.app.model_choices import MAX_RECENT, downloaded_models, recent_models, remember_model
+from edgeds.app.model_choices import MAX_RECENT, ModelChoice, downloaded_models, recent_models, remember_model
+from edgeds.catalog import local
 from edgeds.catalog.registry import load_registry
 from edgeds.errors import EdgedsError
 from edgeds.runtime import Engine
@@ -84,12 +85,15 @@ def test_recent_models_newest_first_without_vanished_files(smollm2_path, tmp_pat
     assert recent_models(recent) == []
 
 
-def test_downloaded_models_are_registry_quants_in_the_hub_cache(smollm2_path, tmp_path, monkeypatch):
+def test_downloaded_models_are_added_ones_and_registry_quants_in_the_hub_cache(smollm2_path, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
+    monkeypatch.setenv("EDGEDS_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert downloaded_models() == []
     entry = load_registry().get("r1-distill-qwen-7b")
     cache_quant(tmp_path / "hub", entry.quants["Q4_K_M"], smollm2_path)
-    assert [c.spec for c in downloaded_models()] == ["r1-distill-qwen-7b:Q4_K_M"]
-    assert downloaded_models()[0].note == f"downloaded · {entry.quants['Q4_K_M'].size / 1e9:.2f} GB"
+    local.add([smollm2_path], "my-smol", "default")  # `edgeds add`
+    size = f"{smollm2_path.stat().st_size / 1e9:.2f} GB"
+    assert downloaded_models() == [ModelChoice("my-smol:default", f"added · {size}"),
+                                   ModelChoice("r1-distill-qwen-7b:Q4_K_M", f"downloaded · {size}")]
