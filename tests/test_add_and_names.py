@@ -17,14 +17,8 @@ from edgeds.catalog.resolve import canonical
 from edgeds.cli import main
 from edgeds.errors import ModelNotFound
 from edgeds.loader import open_engine
+from tests.cli_helpers import cli
 from tests.test_downloads import at_terminal, machine  # noqa: F401 - `machine` is a fixture
-
-
-def cli(args: list, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code or 0, out.out, out.err
 
 
 @pytest.fixture

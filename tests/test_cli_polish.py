@@ -11,17 +11,11 @@ import importlib.metadata
 import pytest
 from typer.main import get_command
 
-from edgeds.cli import app, main
+from edgeds.cli import app
 from edgeds.loader import context_warning
+from tests.cli_helpers import cli
 
 COMMANDS = sorted(get_command(app).commands)
-
-
-def cli(args: list, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code or 0, out.out, out.err
 
 
 def test_version(capsys):

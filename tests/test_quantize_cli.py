@@ -9,16 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from edgeds.cli import main
+from tests.cli_helpers import cli
 
 REASON = "requantizing from type q4_1 is disabled"
-
-
-def cli(args: list, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code or 0, out.out, out.err
 
 
 def test_list_needs_no_source(capsys):

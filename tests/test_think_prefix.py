@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from edgeds.cli import main
+from tests.cli_helpers import cli
 from tests.conftest import THINK_GRAMMAR
 
 pytestmark = pytest.mark.slow
@@ -39,13 +39,6 @@ def check_reply(case: str, reasoning: str, answer: str, finish: str, stopped: bo
     assert finish == ("length" if stops else "stop")
     if has_answer:
         assert set(answer) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz ")
-
-
-def cli(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code or 0, out.out, out.err
 
 
 @pytest.fixture(scope="module")
