@@ -21,6 +21,12 @@ from tests.cli_helpers import cli
 from tests.test_downloads import at_terminal, machine  # noqa: F401 - `machine` is a fixture
 
 
+@pytest.fixture(autouse=True)
+def own_home(tmp_path, monkeypatch):
+    """Each test adds models to an edgeds home of its own."""
+    monkeypatch.setenv("EDGEDS_HOME", str(tmp_path / "edgeds-home"))
+
+
 @pytest.fixture
 def my_gguf(smollm2_path, tmp_path):
     """A GGUF the user downloaded by hand (a copy, so that the test may delete it)."""
@@ -143,3 +149,16 @@ def test_chats_hub_error_points_at_edgeds_add_not_run(machine, monkeypatch):  # 
     error = stderr.getvalue().strip().splitlines()[-1]
     assert "HF_HUB_OFFLINE" in error and "edgeds run" not in error
     assert "`edgeds add /path/to/DeepSeek-R1-Distill-Qwen-7B-Q4_K_M.gguf --as r1-distill-qwen-7b:Q4_K_M`" in error
+
+
+def test_a_path_is_never_an_added_model(smollm2_path, tmp_path, capsys):
+    """`edgeds rm ../../precious` must not reach a folder outside the added models: rm deletes
+    the folder of what it finds."""
+    assert cli(["add", smollm2_path, "--as", "safe"], capsys)[0] == 0  # the models folder exists
+    precious = tmp_path / "precious" / "keep" / "weights.gguf"  # laid out like an added model
+    precious.parent.mkdir(parents=True)
+    precious.write_bytes(b"GGUF")
+    for name in ("../../precious", "../../precious:keep", "..", "a/b"):
+        code, _, err = cli(["rm", name], capsys)
+        assert code != 0, name
+    assert precious.is_file() and cli(["show", "safe"], capsys)[0] == 0

@@ -48,7 +48,10 @@ def models_dir() -> Path:
 
 def find(model_id: str, quant: str | None, default_quant: str | None = None) -> LocalModel | None:
     """The added model `model_id:quant` (quant names compare case-insensitively). Without a
-    quant: the registry's default quant, else the one quant added for that id."""
+    quant: the registry's default quant, else the one quant added for that id. A name that could
+    not have been added (`..`, a path) is never one: `rm` deletes what this finds."""
+    if not _ID.match(model_id) or (quant is not None and not _QUANT.match(quant)):
+        return None
     folder = models_dir() / model_id
     if not folder.is_dir():
         return None
