@@ -162,3 +162,17 @@ def test_a_path_is_never_an_added_model(smollm2_path, tmp_path, capsys):
         code, _, err = cli(["rm", name], capsys)
         assert code != 0, name
     assert precious.is_file() and cli(["show", "safe"], capsys)[0] == 0
+
+
+def test_add_from_another_filesystem_links_symbolically(my_gguf, monkeypatch, capsys):
+    import errno
+
+    def no_hard_link(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr("edgeds.catalog.local.os.link", no_hard_link)
+    code, out, _ = cli(["add", my_gguf, "--as", "far-away"], capsys)
+    assert code == 0 and "by symlink" in out
+    code, out, _ = cli(["show", "far-away"], capsys)
+    assert code == 0 and "architecture    llama" in out
+    assert cli(["rm", "far-away"], capsys)[0] == 0 and my_gguf.is_file()  # the original stays

@@ -117,6 +117,15 @@ def test_a_small_download_still_asks_with_yes_as_the_default(machine, pulls, mon
     assert pulls == ["r1-distill-qwen-1.5b:Q4_K_M"]
 
 
+def test_end_of_input_at_the_question_is_no(machine, pulls, monkeypatch):
+    machine(ram_gib=16, disk_gb=500)
+    stderr = Terminal()
+    monkeypatch.setattr("sys.stdin", Terminal(""))  # Ctrl-D
+    monkeypatch.setattr("sys.stderr", stderr)
+    assert cli(["run", "r1-distill-qwen-1.5b", "hi"]) == 1
+    assert "[Y/n]" in stderr.getvalue() and pulls == []
+
+
 def test_pull_says_what_and_how_big_then_refuses_what_cannot_run(machine, pulls, capsys):
     machine(ram_gib=32, disk_gb=1000)
     assert cli(["pull", "r1"]) == 1

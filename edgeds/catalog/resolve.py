@@ -122,12 +122,17 @@ def find_added(spec: str, registry: Registry | None = None) -> local.LocalModel 
 
 
 def ask(question: str, *, default: bool) -> bool | None:
-    """Ask a yes/no question on the terminal; None when there is no terminal to ask on."""
+    """Ask a yes/no question on the terminal; None when there is no terminal to ask on. Enter
+    takes the default; Ctrl-D (end of input) is no."""
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         return None
     sys.stderr.write(question + (" [Y/n] " if default else " [y/N] "))
     sys.stderr.flush()
-    answer = sys.stdin.readline().strip().lower()
+    line = sys.stdin.readline()
+    if not line:
+        sys.stderr.write("\n")
+        return False
+    answer = line.strip().lower()
     return default if not answer else answer in ("y", "yes")
 
 
