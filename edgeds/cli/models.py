@@ -120,7 +120,8 @@ def models_show(
         e = resolved.entry
         typer.echo(f"registry        {e.id}:{resolved.quant}  ({e.name}, {e.source}, {e.license})")
         g = e.generation
-        typer.echo(f"defaults        temperature {g.temperature}, top-p {g.top_p}, system prompt "
+        typer.echo(f"defaults        temperature {g.temperature}, top-p {g.top_p}, top-k {g.top_k or 'off'}, "
+                   f"min-p {g.min_p}, repeat penalty {g.repeat_penalty}, system prompt "
                    f"{'allowed' if g.allow_system else 'folded into user turn'}, "
                    f"forces <think>: {'yes' if g.forces_think else 'no'}, max tokens {g.max_tokens}")
     typer.echo(f"architecture    {info.arch}")
