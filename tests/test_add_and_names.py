@@ -141,6 +141,7 @@ def test_chats_hub_error_points_at_edgeds_add_not_run(machine, monkeypatch):  # 
     """Offline, on a terminal, the user says yes to the download: the hub error names a way
     that works for chat."""
     monkeypatch.setattr("edgeds.cli.chat.on_terminal", lambda: True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # whatever the import saw
     machine(ram_gib=32, disk_gb=500)
     stderr = at_terminal(monkeypatch, "y")
     with pytest.raises(SystemExit) as info:
