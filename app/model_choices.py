@@ -83,5 +83,6 @@ def downloaded_models() -> list[ModelChoice]:
 def model_choices(recent_file: Path | None = None) -> list[ModelChoice]:
     """Recent models first, then the added and downloaded ones not among them."""
     recent = recent_models(recent_file)
-    choices = [ModelChoice(spec, "recent") for spec in recent]
+    choices = [ModelChoice(spec, f"recent · {Path(spec).parent}" if Path(spec).is_absolute() else "recent")
+               for spec in recent]
     return choices + [c for c in downloaded_models() if c.spec not in recent]

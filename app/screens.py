@@ -14,6 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DirectoryTree, Input, Label, OptionList
 from textual.widgets.option_list import Option
 
+from edgeds.app.header import model_label
 from edgeds.app.model_choices import ModelChoice
 
 
@@ -67,7 +68,7 @@ class ModelPicker(Picker):
             yield Label("Model: pick one, or type a GGUF path or registry id")
             yield Input(self.current, placeholder="model.gguf or r1-distill-qwen-7b:Q4_K_M", id="dialog-input")
             if self.choices:
-                yield OptionList(*(Option(Content.assemble(c.spec, ("  " + c.note, "dim")), id=c.spec)
+                yield OptionList(*(Option(Content.assemble(model_label(c.spec), ("  " + c.note, "dim")), id=c.spec)
                                    for c in self.choices), id="choices")
             else:
                 yield Label("No downloaded models yet: `edgeds pull ID` fetches one.", classes="hint")

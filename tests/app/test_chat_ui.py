@@ -119,6 +119,7 @@ async def test_model_switcher_lists_downloaded_and_recent_models(smollm2_path, t
         choices = app.screen.query_one(OptionList)
         specs = [choices.get_option_at_index(i).id for i in range(choices.option_count)]
         assert specs == [str(smollm2_path), "r1-distill-qwen-1.5b:Q4_K_M"]  # recent first; no gone.gguf
+        assert str(choices.get_option_at_index(0).prompt) == f"{smollm2_path.name}  recent · {smollm2_path.parent}"
         assert "downloaded" in str(choices.get_option_at_index(1).prompt)
         await pilot.press("down")  # from the typed value into the list
         assert app.focused is choices
