@@ -23,7 +23,7 @@ def batch(
     parallel: int = typer.Option(4, "--parallel", "-p", min=1, max=64, help="Sequences decoded together (or requests in flight with --endpoint)."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="An OpenAI-compatible server URL (llama-server, vLLM, edgeds serve) to send the rows to."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEDS_API_KEY", help="API key for --endpoint."),
-    retries: int = typer.Option(5, "--retries", min=0, help="With --endpoint: tries more for a row whose request "
+    retries: int = typer.Option(8, "--retries", min=0, help="With --endpoint: tries more for a row whose request "
                                 "fails in transport (refused, reset, timeout, 408/429/5xx), with backoff; a row that "
                                 "still fails is not written, so that the next run tries it again."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over instead of resuming."),

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from edgeds.errors import UsageError
+from edgeds.runtime.grammar import check_grammar
 
 MOE_OFFLOAD_HELP = (
     "Where the routed experts of a MoE model go: auto (fill the GPU, the rest of the experts in CPU RAM), "
@@ -29,12 +30,17 @@ RepeatPenalty = typer.Option(None, "--repeat-penalty", min=1.0, max=2.0, help="P
 
 
 def read_grammar(path: Path | None) -> str | None:
-    """The text of a `--grammar FILE` (GBNF), or a usage error naming the file."""
+    """The text of a `--grammar FILE` (GBNF) within the grammar limits, or a usage error naming the file."""
     if path is None:
         return None
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise UsageError(f"{path}: cannot read the grammar ({err.strerror})") from None
     except UnicodeDecodeError as err:
         raise UsageError(f"{path}: the grammar is not UTF-8 text (byte {err.start})") from None
+    try:
+        check_grammar(text)
+    except UsageError as err:
+        raise UsageError(f"{path}: {err}") from None
+    return text

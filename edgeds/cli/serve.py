@@ -8,6 +8,7 @@ import typer
 
 from edgeds.cli._app import app
 from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK
+from edgeds.serving.http import HttpLimits
 
 
 @app.command("serve")
@@ -24,6 +25,11 @@ def serve(
     repeat_penalty: Optional[float] = RepeatPenalty,
     no_think_prefix: bool = NoThinkPrefix,
     moe_offload: str = MoeOffload,
+    max_queue: Optional[int] = typer.Option(None, "--max-queue", min=0, help="Requests that may wait for a slot; "
+                                            "more get 503 with Retry-After (default: 4 per slot)."),
+    max_body_bytes: int = typer.Option(HttpLimits.max_body_bytes, "--max-body-bytes", min=1024, help="Largest request body (413 above)."),
+    read_timeout: float = typer.Option(HttpLimits.read_timeout_s, "--read-timeout", min=0.1, help="Seconds a client has to send its "
+                                       "request headers, and again its body (408 or a closed connection after)."),
 ) -> None:
     """Serve /v1/chat/completions (streaming too), /v1/models and /health.
 
@@ -39,7 +45,8 @@ def serve(
     scheduler = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx, n_threads=threads, moe_offload=moe_offload,
                                think_prefix=not no_think_prefix)
     try:
-        server = Server(scheduler, host=host, port=port, api_key=api_key, defaults=defaults)
+        server = Server(scheduler, host=host, port=port, api_key=api_key, defaults=defaults, max_queue=max_queue,
+                        limits=HttpLimits(max_body_bytes=max_body_bytes, read_timeout_s=read_timeout))
         print(f"edgeds serve: {scheduler.name} on {server.url}/v1 ({parallel} slots × {scheduler.seq_ctx} tokens; "
               f"{scheduler.engine.placement})"
               + ("" if host in ("127.0.0.1", "localhost", "::1") else "; reachable from the network"),

@@ -18,6 +18,7 @@ from edgeds.llamacpp.binding import Context, LoadOptions, Model, Sampler, Sampli
 from edgeds.machine.hardware import memory, physical_cores
 from edgeds.machine.memory import Geometry, default_n_ctx
 from edgeds.runtime import template
+from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.params import GenerationParams, ModelDefaults
 from edgeds.runtime.reasoning import ReasoningSplitter
 
@@ -134,12 +135,15 @@ class Engine:
         history = template.answer_only(messages, allow_system=self.allow_system)
         bos = self.model.token_text(self.model.bos_id) if self.model.bos_id >= 0 else ""
         eos = self.model.token_text(self.model.eos_id) if self.model.eos_id >= 0 else ""
-        prompt = template.render(self.chat_template, history, bos_token=bos, eos_token=eos)
+        prompt = template.render(self.chat_template, history, bos_token=bos, eos_token=eos,
+                                 source=f"the chat template of {self.model.path.name}")
         if self.think_prefix:
             prompt = template.open_think(prompt)
         tokens = self.model.tokenize(prompt.text, add_special=False, parse_special=True)
         if self.model.add_bos and self.model.bos_id >= 0 and tokens[:1] != [self.model.bos_id]:
             tokens.insert(0, self.model.bos_id)  # templates that do not write BOS themselves
+        if not tokens:  # llama.cpp would decode nothing and abort on the missing logits
+            raise EdgedsError(f"the chat template of {self.model.path.name} renders an empty prompt")
         return tokens, prompt.opens_think
 
     def generate(self, messages: list[dict], params: GenerationParams | None = None) -> Iterator[Event]:
@@ -168,6 +172,8 @@ class Engine:
                 f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}; "
                 "shorten the conversation or raise --n-ctx"
             )
+        if params.grammar:
+            check_grammar(params.grammar)
         sampler = Sampler(self.model, SamplingParams.of(params))
         phases = PhaseStream(self.model, opens_think, self.reasoning_template)
         finish, error = "stop", None

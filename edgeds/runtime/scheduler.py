@@ -19,10 +19,11 @@ import threading
 from collections import deque
 from typing import Callable, Iterator
 
-from edgeds.errors import ContextOverflow, EdgedsError
+from edgeds.errors import ContextOverflow
 from edgeds.events import Completion, Done, Event, GenerationTimer, Reasoning, Stats
 from edgeds.llamacpp.binding import Context, Sampler, SamplingParams
 from edgeds.runtime.engine import Engine, PhaseStream
+from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.params import GenerationParams
 
 DEFAULT_SEQ_CTX = 4096
@@ -138,13 +139,13 @@ class Scheduler:
             EdgedsError: a bad message list, chat template or grammar.
         """
         tokens, opens_think = self.engine.prompt_tokens(messages)
-        if not tokens:
-            raise EdgedsError("the prompt renders to no tokens")
         if len(tokens) >= self.seq_ctx:
             raise ContextOverflow(
                 f"the prompt is {len(tokens)} tokens but a sequence's context holds {self.seq_ctx}"
             )
         params = self.engine.defaults.apply(params)
+        if params.grammar:
+            check_grammar(params.grammar)
         request = Request(tokens, opens_think, params, Sampler(self.model, SamplingParams.of(params)), on_done)
         with self._wake:
             if self._closing:

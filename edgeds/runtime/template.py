@@ -15,10 +15,10 @@ from datetime import datetime
 from functools import lru_cache
 
 from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgeds.errors import EdgedsError
 from edgeds.runtime.request import check_messages
+from edgeds.runtime.sandbox import RENDER_LIMITS, BoundedSandbox, Budget, OverBudget, RenderLimits
 
 THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 DEEPSEEK_ASSISTANT = "<｜Assistant｜>"  # the assistant turn marker of DeepSeek's chat templates
@@ -86,19 +86,46 @@ def _raise(message: str):
 
 
 @lru_cache(maxsize=8)
-def _compile(template: str):
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+def _compile(template: str, limits: RenderLimits):
+    env = BoundedSandbox(limits, trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template)
+    return env.compile_bounded(template)
 
 
-def render(template: str | None, messages: list[dict], *, bos_token: str, eos_token: str) -> Prompt:
-    """Render the conversation with the generation prompt appended."""
+def render(template: str | None, messages: list[dict], *, bos_token: str, eos_token: str,
+           source: str = "the chat template", limits: RenderLimits = RENDER_LIMITS) -> Prompt:
+    """Render the conversation with the generation prompt appended.
+
+    The template is untrusted code (it comes with the model file): it runs in a sandbox with
+    `limits` on time and size, and any failure (a syntax error, `raise_exception`, a division
+    by zero, a recursive macro, a limit) is one EdgedsError naming `source`.
+
+    Raises:
+        EdgedsError: the template failed or went over its limits.
+    """
+    size = 0
+    pieces: list[str] = []
+    budget = Budget(limits.max_seconds)
     try:
-        text = _compile(template or CHATML).render(
-            messages=messages, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token
-        )
-    except TemplateError as err:
-        raise EdgedsError(f"the model's chat template failed: {err}") from None
+        with budget.running():
+            compiled = _compile(template or CHATML, limits)
+            for piece in compiled.generate(messages=messages, add_generation_prompt=True,
+                                           bos_token=bos_token, eos_token=eos_token):
+                size += len(piece)
+                if size > limits.max_chars:
+                    raise OverBudget(f"its output is over {limits.max_chars} characters")
+                pieces.append(piece)
+    except TemplateError as err:  # the template's own raise_exception, or a syntax error
+        raise EdgedsError(f"{source} failed: {_one_line(str(err))}") from None
+    except OverBudget as err:
+        raise EdgedsError(f"{source} went over its limits: {err}") from None
+    except Exception as err:  # noqa: BLE001 - untrusted code: ZeroDivisionError, RecursionError, MemoryError, …
+        raise EdgedsError(f"{source} failed: {type(err).__name__}: {_one_line(str(err))}") from None
+    text = "".join(pieces)
     return Prompt(text=text, opens_think=text.rstrip().endswith("<think>"))
+
+
+def _one_line(message: str, limit: int = 300) -> str:
+    line = " ".join(message.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

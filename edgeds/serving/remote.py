@@ -6,11 +6,17 @@ way. Requests stream (SSE), so the time to the first token is measured the same 
 Reasoning comes from `delta.reasoning_content` (DeepSeek's API, llama-server, vLLM, LM Studio)
 or `delta.reasoning` (Ollama); a server that leaves `<think>…</think>` in the content is split
 here with the same ReasoningSplitter the engine uses. Only the standard library is used.
+
+A request that fails in transport (connection refused or reset, a timeout, a reply that breaks
+off, HTTP 408, 429 or 5xx) raises `Unavailable`; `submit` (batch) tries it again with backoff,
+and one still failing after its tries comes back unfinished (finish_reason cancelled), so that
+batch leaves the row for the next run instead of writing the failure as its result.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 import urllib.error
 import urllib.request
@@ -18,10 +24,29 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 from edgeds.errors import EdgedsError
-from edgeds.events import Answer, Completion, Done, Event, GenerationTimer, Reasoning, collect, failed
+from edgeds.events import Answer, Completion, Done, Event, GenerationTimer, Reasoning, Stats, collect, failed
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.reasoning import CLOSE, OPEN, ReasoningSplitter
 from edgeds.serving.openai import FINISH_FROM_WIRE, error_message, token_counts
+
+RETRY_STATUSES = frozenset({408, 429})  # besides every 5xx: worth another try
+RETRY_BASE_S = 0.5  # the first wait between tries; it doubles up to RETRY_MAX_S
+RETRY_MAX_S = 8.0
+
+
+class Unavailable(EdgedsError):
+    """The server could not be reached, broke off its reply, or answered 408/429/5xx: the same
+    request may well succeed when tried again (after `retry_after` seconds, if the server said)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def unfinished(message: str) -> Completion:
+    """The Completion of a request given up after its tries: cancelled, so that batch leaves
+    the row to the next run; `error` says why."""
+    return Completion("", "", Stats(finish_reason="cancelled", error=message))
 
 
 def base_url(endpoint: str) -> str:
@@ -49,13 +74,16 @@ def split_text(content: str) -> tuple[str, str]:
 
 
 class RemoteBackend:
-    """Rows → `POST {endpoint}/chat/completions`, `parallel` requests in flight."""
+    """Rows → `POST {endpoint}/chat/completions`, `parallel` requests in flight; a row that
+    fails in transport is tried `retries` more times."""
 
     def __init__(self, endpoint: str, *, model: str | None = None, api_key: str | None = None,
-                 parallel: int = 4, timeout: float = 600.0):
+                 parallel: int = 4, timeout: float = 600.0, retries: int = 8):
         self.base = base_url(endpoint)
         self.api_key = api_key
         self.timeout = timeout
+        self.retries = retries
+        self._closed = threading.Event()
         self.model = model or self._first_model()
         self._cancel = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="edgeds-remote")
@@ -73,10 +101,13 @@ class RemoteBackend:
         try:
             return urllib.request.urlopen(request, timeout=self.timeout)
         except urllib.error.HTTPError as err:
-            raise EdgedsError(f"{self.base}{path}: HTTP {err.code}: {_error_message(err)}") from None
+            message = f"{self.base}{path}: HTTP {err.code}: {_error_message(err)}"
+            if err.code in RETRY_STATUSES or err.code >= 500:
+                raise Unavailable(message, _seconds(err.headers.get("Retry-After"))) from None
+            raise EdgedsError(message) from None
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
-            raise EdgedsError(f"{self.base}{path}: cannot reach the server ({reason})") from None
+            raise Unavailable(f"{self.base}{path}: cannot reach the server ({reason})") from None
 
     def _first_model(self) -> str:
         with self._open("/models") as response:
@@ -94,12 +125,15 @@ class RemoteBackend:
         self._cancel.set()
 
     def generate(self, messages: list[dict], params: GenerationParams | None = None) -> Iterator[Event]:
-        """One streamed chat completion as events: Reasoning/Answer deltas, then Done.
+        """One streamed chat completion as events: Reasoning/Answer deltas, then Done (a reply
+        that breaks off ends with Done(finish_reason="error")).
 
         Raises:
-            EdgedsError: the server cannot be reached or refuses the request.
+            EdgedsError: the server refuses the request (Unavailable: it cannot be reached).
         """
-        params = params or GenerationParams()
+        return self._stream(messages, params or GenerationParams(), broken_raises=False)
+
+    def _stream(self, messages: list[dict], params: GenerationParams, *, broken_raises: bool) -> Iterator[Event]:
         body: dict = {"model": self.model, "messages": messages, "stream": True,
                       "stream_options": {"include_usage": True}}
         for key in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed"):  # llama-server's names
@@ -116,10 +150,12 @@ class RemoteBackend:
         usage: dict = {}
         seen: set[type] = set()  # the kinds of text events yielded, for stopped_thinking
         finish, error = "stop", None
+        ended = False  # [DONE] or a finish_reason came: the reply is whole
         try:
             with response:
                 for data in _sse_data(response):
                     if data == "[DONE]":
+                        ended = True
                         break
                     if self._cancel.is_set():
                         finish = "cancelled"
@@ -139,9 +175,15 @@ class RemoteBackend:
                         seen.update(type(piece) for piece in pieces)
                         yield from pieces
                         if choice.get("finish_reason"):
+                            ended = True
                             finish = FINISH_FROM_WIRE.get(choice["finish_reason"], "stop")
+            if not ended and finish == "stop":
+                raise ConnectionError("the server closed the connection before the end")
         except (OSError, ValueError) as err:  # the connection broke, or a chunk is not JSON
-            finish, error = "error", f"{self.base}/chat/completions: the reply broke off ({err})"
+            error = f"{self.base}/chat/completions: the reply broke off ({err})"
+            if broken_raises and isinstance(err, OSError):
+                raise Unavailable(error) from None
+            finish = "error"
         pieces = splitter.finish()
         seen.update(type(piece) for piece in pieces)
         yield from pieces
@@ -152,9 +194,15 @@ class RemoteBackend:
                                stopped_thinking=Reasoning in seen and Answer not in seen))
 
     def complete(self, messages: list[dict], params: GenerationParams) -> Completion:
-        """One chat completion, collected; a refused request comes back as an error Completion."""
+        """One chat completion, collected; a refused request comes back as an error Completion.
+
+        Raises:
+            Unavailable: the server could not be reached, or its reply broke off.
+        """
         try:
-            completion = collect(self.generate(messages, params))
+            completion = collect(self._stream(messages, params, broken_raises=True))
+        except Unavailable:
+            raise
         except EdgedsError as err:
             return failed(str(err))
         reasoning, answer = completion.reasoning.strip(), completion.answer
@@ -166,15 +214,25 @@ class RemoteBackend:
     def submit(self, messages: list[dict], params: GenerationParams,
                on_done: Callable[[Completion], None]):
         def work() -> None:
-            try:
-                completion = self.complete(messages, params)
-            except Exception as err:  # noqa: BLE001 - a broken reply fails its row only
-                completion = failed(f"{type(err).__name__}: {err}")
-            on_done(completion)
+            on_done(self._complete_with_retries(messages, params))
 
         return self._pool.submit(work)
 
+    def _complete_with_retries(self, messages: list[dict], params: GenerationParams) -> Completion:
+        attempt = 0
+        while True:
+            try:
+                return self.complete(messages, params)
+            except Unavailable as err:
+                if attempt == self.retries or self._closed.wait(_backoff(attempt, err.retry_after)):
+                    tries = f"{attempt + 1} {'try' if attempt == 0 else 'tries'}"
+                    return unfinished(f"{err} (gave up after {tries})")
+            except Exception as err:  # noqa: BLE001 - a broken reply fails its row only
+                return failed(f"{type(err).__name__}: {err}")
+            attempt += 1
+
     def close(self) -> None:
+        self._closed.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -194,6 +252,19 @@ def _sse_data(response):
             lines = []
     if lines:
         yield "\n".join(lines)
+
+
+def _backoff(attempt: int, retry_after: float | None) -> float:
+    """Seconds before try `attempt + 2`: doubling from RETRY_BASE_S up to RETRY_MAX_S, with
+    jitter so that parallel rows do not come back all at once, and never sooner than the
+    server asked (Retry-After, up to a minute)."""
+    doubling = min(RETRY_BASE_S * 2 ** attempt, RETRY_MAX_S) * random.uniform(0.5, 1.0)
+    return max(doubling, min(retry_after or 0.0, 60.0))
+
+
+def _seconds(header: str | None) -> float | None:
+    """A Retry-After header in seconds (its HTTP-date form is not used by the servers we talk to)."""
+    return float(header) if header and header.strip().isdigit() else None
 
 
 def _error_message(err: urllib.error.HTTPError) -> str:
