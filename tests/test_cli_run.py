@@ -117,3 +117,19 @@ def test_ctrl_c_ends_cleanly_as_cancelled(smollm2_path):
     assert done["stats"]["answer_tokens"] < 4000
     assert proc.returncode == 130
     assert "Traceback" not in err
+
+
+def test_ctrl_c_while_loading_is_one_line_and_exit_130(smollm2_path, monkeypatch, capsys):
+    """A Ctrl-C no command turned into its own ending (here: while the model loads) ends with exit
+    code 130 and no traceback."""
+    import edgeds.loader
+    from edgeds.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edgeds.loader, "open_engine", interrupted)
+    with pytest.raises(SystemExit) as done:
+        main(["run", str(smollm2_path), "Hi"])
+    assert done.value.code == 130
+    assert "Traceback" not in capsys.readouterr().err
