@@ -152,7 +152,8 @@ def hostile_gguf(smollm2_path, tmp_path_factory) -> Path:
                              sub_type=field.types[-1] if kind == GGUFValueType.ARRAY else None)
     writer.add_chat_template(HOSTILE_TEMPLATE)
     for tensor in reader.tensors:
-        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)
+        writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                               tensor.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()

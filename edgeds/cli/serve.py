@@ -27,9 +27,11 @@ def serve(
     moe_offload: str = MoeOffload,
     max_queue: Optional[int] = typer.Option(None, "--max-queue", min=0, help="Requests that may wait for a slot; "
                                             "more get 503 with Retry-After (default: 4 per slot)."),
-    max_body_bytes: int = typer.Option(HttpLimits.max_body_bytes, "--max-body-bytes", min=1024, help="Largest request body (413 above)."),
-    read_timeout: float = typer.Option(HttpLimits.read_timeout_s, "--read-timeout", min=0.1, help="Seconds a client has to send its "
-                                       "request headers, and again its body (408 or a closed connection after)."),
+    max_body_bytes: int = typer.Option(HttpLimits.max_body_bytes, "--max-body-bytes", min=1024,
+                                       help="Largest request body (413 above)."),
+    read_timeout: float = typer.Option(HttpLimits.read_timeout_s, "--read-timeout", min=0.1,
+                                       help="Seconds a client has to send its request headers, and again its body "
+                                       "(408 or a closed connection after)."),
 ) -> None:
     """Serve /v1/chat/completions (streaming too), /v1/models and /health.
 

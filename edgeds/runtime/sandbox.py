@@ -96,7 +96,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def sized(self, value: Any) -> Any:
         """`value`, or OverBudget if it is a string or container over the size cap."""
         if isinstance(value, (str, list, tuple, dict)) and len(value) > self.limits.max_chars:
-            raise OverBudget(f"it made a value of {len(value)} characters or items; the limit is {self.limits.max_chars}")
+            raise OverBudget(f"it made a value of {len(value)} characters or items; "
+                             f"the limit is {self.limits.max_chars}")
         return value
 
     def _as_text(self, value: Any) -> Any:

@@ -60,7 +60,8 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def parse_request(body: bytes, defaults: GenerationParams = GenerationParams()) -> tuple[list[dict], GenerationParams, bool, bool]:
+def parse_request(body: bytes, defaults: GenerationParams = GenerationParams()
+                  ) -> tuple[list[dict], GenerationParams, bool, bool]:
     """A chat completion request → (messages, params over `defaults`, stream, include_usage);
     ApiError(400) if bad."""
     try:
@@ -224,7 +225,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------------
 
     def do_GET(self) -> None:  # noqa: N802
-        self.body_unread = bool(self.headers.get("Transfer-Encoding")) or self.headers.get("Content-Length") not in (None, "0")
+        declared = self.headers.get("Content-Length") not in (None, "0")
+        self.body_unread = declared or bool(self.headers.get("Transfer-Encoding"))
         self._handle(lambda: self._get(self._path()))
 
     def do_POST(self) -> None:  # noqa: N802

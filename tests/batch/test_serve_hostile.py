@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,8 +31,9 @@ def server(smollm2_path, tmp_path_factory):
     """url of `edgeds serve` on SmolLM2: 4 slots of 4096 tokens, 4 more may wait, an API key,
     1 s to send a request's head and again its body, bodies up to 1 MiB."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with serving(smollm2_path, log, "--parallel", str(PARALLEL), "--max-queue", str(MAX_QUEUE), "--n-ctx", "4096",
-                 "--api-key", KEY, "--read-timeout", str(READ_TIMEOUT), "--max-body-bytes", str(MAX_BODY)) as (process, url):
+    options = ["--parallel", str(PARALLEL), "--max-queue", str(MAX_QUEUE), "--n-ctx", "4096", "--api-key", KEY,
+               "--read-timeout", str(READ_TIMEOUT), "--max-body-bytes", str(MAX_BODY)]
+    with serving(smollm2_path, log, *options) as (process, url):
         yield url, process
     assert "Traceback" not in log.read_text()
 
@@ -65,11 +68,12 @@ def raw(url: str, data: bytes, *, wait: float = 10.0) -> tuple[bytes, float]:
     return reply, time.monotonic() - t0
 
 
-def request(body: bytes = b"", *, key: str | None = KEY, headers: dict | None = None, path="/v1/chat/completions") -> bytes:
+def request(body: bytes = b"", *, key: str | None = KEY, headers: dict | None = None) -> bytes:
+    """A chat completion request's bytes; a header given as None is left out."""
     head = {"Host": "127.0.0.1", "Content-Type": "application/json", "Content-Length": str(len(body)),
             **({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
     lines = "".join(f"{name}: {value}\r\n" for name, value in head.items() if value is not None)
-    return f"POST {path} HTTP/1.1\r\n{lines}\r\n".encode() + body
+    return f"POST /v1/chat/completions HTTP/1.1\r\n{lines}\r\n".encode() + body
 
 
 def status_of(reply: bytes) -> int:
@@ -245,9 +249,6 @@ def test_64_concurrent_clients_all_get_a_reply(url):
 def test_batch_retries_the_busy_server_and_writes_every_row(url, tmp_path):
     """`edgeds batch --endpoint --parallel 12` on a server where 4 requests run and 4 wait: the
     503s are retried, never written as a row's result, so every row gets its answer."""
-    import subprocess
-    import sys
-
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "prompt": f"Name a colour, {i}.", "max_tokens": 8}) + "\n"
                            for i in range(12)))
