@@ -185,12 +185,12 @@ class Scheduler:
             self._reject(self._waiting.popleft(), "cancelled")
 
     def _admit(self) -> None:
+        for request in [r for r in self._waiting if r.cancelled]:  # gone before their turn: no wait for a slot
+            self._waiting.remove(request)
+            self._reject(request, "cancelled")
         free = [seq for seq in range(self.parallel) if seq not in self._slots]
         while free and self._waiting:
             request = self._waiting.popleft()
-            if request.cancelled:
-                self._reject(request, "cancelled")
-                continue
             seq = free.pop(0)
             self.ctx.forget(seq)
             self._slots[seq] = _Slot(seq, request, PhaseStream(self.model, request.opens_think,

@@ -186,7 +186,10 @@ class _Handler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         self.rfile.arm(self.server_state.limits.read_timeout_s)  # the request line and headers
         self.body_unread = False
-        super().handle_one_request()
+        try:
+            super().handle_one_request()
+        except OSError:  # the client reset the connection (a timeout is handled inside)
+            self.close_connection = True
 
     def handle_expect_100(self) -> bool:
         """Refuse before the client sends its body, where the headers already say no."""

@@ -205,19 +205,37 @@ def test_a_client_that_hangs_up_frees_its_slot(url, stream):
 
 
 def test_a_full_queue_answers_503_with_retry_after(url):
-    """All slots and queue places taken by endless streams: one more request gets 503 at once;
-    when those clients hang up, the waiting ones are dropped and the slots come back."""
-    sockets = [_start(url, chat(grammar=ENDLESS, max_tokens=100000), stream=True)
-               for _ in range(PARALLEL + MAX_QUEUE)]
+    """All slots and queue places taken by endless streams: one more request gets 503 at once.
+    When the waiting clients hang up, their places come free while the slots still run."""
+    endless = chat(grammar=ENDLESS, max_tokens=100000)
+    running = [_start(url, endless, stream=True) for _ in range(PARALLEL)]
+    waiting: list[socket.socket] = []
     try:
-        for sock in sockets:  # a stream's head comes once it is admitted, running or waiting
-            sock.settimeout(60)
-            assert sock.recv(12) == b"HTTP/1.1 200"
+        _admitted(running)  # a stream's head comes once it is admitted, running or waiting
+        waiting += [_start(url, endless, stream=True) for _ in range(MAX_QUEUE)]
+        _admitted(waiting)
         status, body, headers = post(url, chat(), key=KEY)
         assert status == 503 and body["error"]["code"] == "server_busy" and int(headers["Retry-After"]) >= 1
-    finally:
-        for sock in sockets:
+        for sock in waiting:
             sock.close()
+        deadline = time.monotonic() + 30
+        while True:
+            waiting = [_start(url, endless, stream=True)]
+            waiting[0].settimeout(60)
+            if waiting[0].recv(12) == b"HTTP/1.1 200":
+                break
+            assert time.monotonic() < deadline, "the places of the clients that left never came free"
+            waiting[0].close()
+            time.sleep(0.5)
+    finally:
+        for sock in running + waiting:
+            sock.close()
+
+
+def _admitted(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.settimeout(60)
+        assert sock.recv(12) == b"HTTP/1.1 200"
 
 
 def test_64_concurrent_clients_all_get_a_reply(url):
