@@ -16,8 +16,6 @@ import pytest
 
 from tests.serve_process import healthy, post, serving
 
-pytestmark = pytest.mark.slow  # one server for the module, and a real request after every test
-
 KEY = "sk-hostile"
 DEEP_GRAMMAR = "root ::= " + "(" * 30000 + '"a"' + ")" * 30000  # segfaulted llama.cpp's parser
 ENDLESS = "root ::= [a-z ] root"  # never lets the model stop: a request runs until its context is full
@@ -192,6 +190,7 @@ def _timed(url: str) -> float:
     return time.monotonic() - t0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_a_client_that_hangs_up_frees_its_slot(url, stream):
     """On a server whose slots all run endless requests, the clients hang up after 0.5 s: the
@@ -204,6 +203,7 @@ def test_a_client_that_hangs_up_frees_its_slot(url, stream):
     assert _timed(url) < 10 * alone + 10  # with its slot held, an endless request runs 4000 tokens
 
 
+@pytest.mark.slow
 def test_a_full_queue_answers_503_with_retry_after(url):
     """All slots and queue places taken by endless streams: one more request gets 503 at once.
     When the waiting clients hang up, their places come free while the slots still run."""
@@ -238,6 +238,7 @@ def _admitted(sockets: list[socket.socket]) -> None:
         assert sock.recv(12) == b"HTTP/1.1 200"
 
 
+@pytest.mark.slow
 def test_64_concurrent_clients_all_get_a_reply(url):
     """The issue's load: 20 clients at once got connection resets (a listen backlog of 5). Here
     64 clients at once on 4 slots: each gets 200, or 503 with Retry-After; none is reset."""
@@ -264,6 +265,7 @@ def test_64_concurrent_clients_all_get_a_reply(url):
     assert any(status == 200 for status, _ in results)
 
 
+@pytest.mark.slow
 def test_batch_retries_the_busy_server_and_writes_every_row(url, tmp_path):
     """`edgeds batch --endpoint --parallel 12` on a server where 4 requests run and 4 wait: the
     503s are retried, never written as a row's result, so every row gets its answer."""
