@@ -122,6 +122,14 @@ def test_engine_refuses_an_empty_prompt_instead_of_aborting(smollm2_path):
         assert collect(engine.generate(HI, GenerationParams(max_tokens=4))).answer
 
 
+def test_a_prompt_that_is_not_unicode_is_refused(smollm2_path):
+    """A lone surrogate ("\\ud800" in a JSON request or batch row) has no UTF-8 form: an error
+    for that request, not an exception out of the tokenizer (serve answered 500)."""
+    with Engine(smollm2_path, n_ctx=256) as engine:
+        with pytest.raises(EdgedsError, match="not valid Unicode: '\\\\ud800'"):
+            list(engine.generate([{"role": "user", "content": "a\ud800b"}], GenerationParams(max_tokens=4)))
+
+
 # ---------------------------------------------------------------------------------------------
 # The front ends, on a GGUF whose template fails on some contents
 

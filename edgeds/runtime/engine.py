@@ -139,7 +139,11 @@ class Engine:
                                  source=f"the chat template of {self.model.path.name}")
         if self.think_prefix:
             prompt = template.open_think(prompt)
-        tokens = self.model.tokenize(prompt.text, add_special=False, parse_special=True)
+        try:
+            tokens = self.model.tokenize(prompt.text, add_special=False, parse_special=True)
+        except UnicodeEncodeError as err:  # a lone surrogate ("\ud800" in JSON) has no UTF-8 form
+            raise EdgedsError(f"the prompt is not valid Unicode: {err.object[err.start]!r} at character "
+                              f"{err.start} ({err.reason})") from None
         if self.model.add_bos and self.model.bos_id >= 0 and tokens[:1] != [self.model.bos_id]:
             tokens.insert(0, self.model.bos_id)  # templates that do not write BOS themselves
         if not tokens:  # llama.cpp would decode nothing and abort on the missing logits

@@ -96,6 +96,12 @@ def test_a_grammar_that_broke_llama_cpp_gets_400(url, grammar, words):
     assert status == 400 and body["error"]["param"] == "grammar" and words in body["error"]["message"]
 
 
+def test_a_lone_surrogate_gets_400(url):
+    reply, _ = raw(url, request(b'{"messages": [{"role": "user", "content": "a\\ud800"}], "max_tokens": 2}',
+                                headers={"Connection": "close"}))
+    assert status_of(reply) == 400 and "not valid Unicode" in json_of(reply)["error"]["message"]
+
+
 def test_a_web_page_cannot_post_without_a_preflight(url):
     """A "simple" cross-site request (text/plain, a form, or no type) carries no JSON type: 415."""
     body = json.dumps(chat(grammar=DEEP_GRAMMAR)).encode()
