@@ -62,14 +62,14 @@ def smol_engine(smollm2_path):
         yield engine
 
 
-@pytest.mark.parametrize("grammar", [DEEP, "root ::= [b-a]", 'root ::= "a"{3,1}'])
-def test_engine_and_scheduler_refuse_before_llama_cpp(smol_engine, grammar):
-    params = GenerationParams(max_tokens=4, grammar=grammar)
-    with pytest.raises(UsageError, match="the grammar"):
-        list(smol_engine.generate(HELLO, params))
+def test_engine_and_scheduler_refuse_before_llama_cpp(smol_engine):
     with Scheduler(smol_engine, parallel=1, seq_ctx=256) as scheduler:
-        with pytest.raises(UsageError, match="the grammar"):
-            scheduler.submit(HELLO, params)
+        for grammar in (DEEP, "root ::= [b-a]", 'root ::= "a"{3,1}'):
+            params = GenerationParams(max_tokens=4, grammar=grammar)
+            with pytest.raises(UsageError, match="the grammar"):
+                list(smol_engine.generate(HELLO, params))
+            with pytest.raises(UsageError, match="the grammar"):
+                scheduler.submit(HELLO, params)
         after = scheduler.submit(HELLO, GenerationParams(max_tokens=4, temperature=0)).result(timeout=120)
     assert after.stats.finish_reason in ("stop", "length") and after.answer
     assert collect(smol_engine.generate(HELLO, GenerationParams(max_tokens=4))).answer
