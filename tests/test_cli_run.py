@@ -43,6 +43,7 @@ def test_json_events_from_smollm2(smollm2_path):
     assert stats["answer_tokens"] >= len(events) - 1  # a piece is at least one token
 
 
+@pytest.mark.slow
 def test_piped_stdout_carries_only_the_answer(tiny_r1_gguf, grammar_file):
     result = edgeds("run", tiny_r1_gguf, "Hi", "--grammar", grammar_file, "--seed", 4)
     assert result.returncode == 0, result.stderr
@@ -53,6 +54,7 @@ def test_piped_stdout_carries_only_the_answer(tiny_r1_gguf, grammar_file):
     assert "think>" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_json_shows_reasoning_events_and_hide_reasoning_drops_them(tiny_r1_gguf, grammar_file):
     shown = edgeds("run", tiny_r1_gguf, "Hi", "--grammar", grammar_file, "--seed", 4, "--json")
     types = [json.loads(line)["type"] for line in shown.stdout.splitlines()]

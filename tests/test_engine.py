@@ -72,6 +72,7 @@ def test_grammar_drives_reasoning_then_answer(tiny):
     assert stats.reasoning_tokens > 0 and stats.answer_tokens > 0
 
 
+@pytest.mark.slow
 def test_template_that_preopens_think(tiny_r1_gguf):
     engine = Engine(tiny_r1_gguf, n_ctx=1024)
     template = engine.chat_template + "{% if add_generation_prompt %}<think>\n{% endif %}"

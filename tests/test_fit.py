@@ -100,6 +100,7 @@ def test_plan_verdicts():
     assert verdict("r1-distill-llama-70b", ram=32 * GB, vram=24 * GB).mode == fit.PARTIAL
 
 
+@pytest.mark.slow
 def test_gguf_info_agrees_with_gguf_py_reader(smollm2_path):
     from gguf import GGUFReader
 
@@ -133,6 +134,7 @@ def test_gguf_info_agrees_with_gguf_py_reader(smollm2_path):
         assert header.data(t.name).tobytes() == ref.data.tobytes(), t.name
 
 
+@pytest.mark.slow
 def test_truncated_gguf_is_one_line_error(smollm2_path, tmp_path):
     from edgeds.catalog.gguf import read_file
     from edgeds.errors import EdgedsError

@@ -77,6 +77,7 @@ def blobs(hf_home: Path) -> list[Path]:
     return [p for p in hf_home.rglob("*") if p.is_file() and "blobs" in p.parts]
 
 
+@pytest.mark.slow
 def test_pull_single_and_split(hub, tmp_path):
     for name, data in DATA.items():
         hub.add(REPO, name, data)
@@ -98,6 +99,7 @@ def test_pull_single_and_split(hub, tmp_path):
     assert {p.read_bytes() for p in blobs(hf_home)} == {DATA[SINGLE]}
 
 
+@pytest.mark.slow
 def test_pull_resumes_after_a_cut_connection(hub, tmp_path):
     # huggingface-hub keeps what it has written in 10 MiB chunks: cut well past the first one.
     big = payload(24 << 20, 4)
@@ -114,6 +116,7 @@ def test_pull_resumes_after_a_cut_connection(hub, tmp_path):
     assert [p.read_bytes() for p in blobs(hf_home)] == [big]
 
 
+@pytest.mark.slow
 def test_an_interrupted_pull_resumes_in_the_next_one(hub, tmp_path):
     big = payload(24 << 20, 5)
     hub.add(REPO, SINGLE, big, stall_first_get_at=15 << 20)
@@ -165,6 +168,7 @@ def test_size_or_sha_mismatch_is_one_line_and_leaves_nothing(hub, tmp_path, faul
     assert not list(hf_home.rglob(SINGLE))
 
 
+@pytest.mark.slow
 def test_offline_and_unreachable_name_the_file_and_the_local_way(hub, tmp_path):
     hf_home = tmp_path / "hf"
     out = edgeds(["pull", "tiny-test:Q8_0"], hf_home, hub.url, offline=True)

@@ -57,6 +57,7 @@ def store(tmp_path):
 THINK = GenerationParams(max_tokens=120, grammar=THINK_GRAMMAR, seed=3)
 
 
+@pytest.mark.slow
 async def test_reasoning_opens_streams_and_collapses(tiny, store, streamed_states):
     app = ChatApp(engine=tiny, params=THINK, store=store)
     async with app.run_test(size=SIZE) as pilot:
@@ -85,6 +86,7 @@ async def test_reasoning_opens_streams_and_collapses(tiny, store, streamed_state
     assert stored[1].reasoning == reply.reasoning and stored[1].content == reply.answer
 
 
+@pytest.mark.slow
 async def test_reasoning_is_not_sent_back(tiny, store):
     app = ChatApp(engine=tiny, params=THINK, store=store)
     async with app.run_test(size=SIZE) as pilot:
@@ -118,6 +120,7 @@ async def test_plain_answer_with_smollm2(smol, store):
         assert app.query_one(PromptInput).text == ""
 
 
+@pytest.mark.slow
 async def test_esc_takes_the_exchange_away_and_gives_the_prompt_back(smol, store):
     """Found as: Esc, then Enter on the restored prompt showed the question twice, and the
     cancelled reply stayed on screen though the model never saw it again."""
@@ -151,6 +154,7 @@ async def test_esc_takes_the_exchange_away_and_gives_the_prompt_back(smol, store
         assert [m["content"] for m in app.last_request] == [first, kept.answer, prompt]
 
 
+@pytest.mark.slow
 async def test_esc_on_a_first_turn_leaves_no_empty_chat(smol, store):
     app = ChatApp(engine=smol, params=GenerationParams(max_tokens=2000, seed=2), store=store)
     async with app.run_test(size=SIZE) as pilot:
@@ -163,6 +167,7 @@ async def test_esc_on_a_first_turn_leaves_no_empty_chat(smol, store):
         assert not app.sidebar.children  # the sidebar lost it too
 
 
+@pytest.mark.slow
 async def test_history_persists_across_restarts(smol, tmp_path):
     params = GenerationParams(max_tokens=16, seed=1)
     app = ChatApp(engine=smol, params=params, store=Store(tmp_path / "chats.db"))
@@ -241,6 +246,7 @@ async def test_keymap_file_remaps_bindings(store, monkeypatch, tmp_path):
         assert app.sidebar.display
 
 
+@pytest.mark.slow
 async def test_command_palette_runs_app_commands(store):
     app = ChatApp(store=store)
     async with app.run_test(size=SIZE) as pilot:
@@ -306,6 +312,7 @@ async def test_view_follows_the_reply_until_the_user_scrolls_up(smol, store):
         assert view.scroll_y == 0  # and the view stayed where the user put it
 
 
+@pytest.mark.slow
 async def test_context_counter_moves_while_the_reply_streams(smol, store, monkeypatch):
     """Found as: the header's ctx counter stood still until the reply ended."""
     shown: list[int] = []

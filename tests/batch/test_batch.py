@@ -43,6 +43,7 @@ def smol_engine(smollm2_path):
         yield engine
 
 
+@pytest.mark.slow
 def test_rows_in_input_order_with_per_row_errors(smollm2_path, tmp_path, capsys):
     rows = [
         {"id": "first", "prompt": "Write one long sentence about rivers.", "max_tokens": 40},
@@ -142,6 +143,7 @@ def test_resume_after_sigkill(smollm2_path, tmp_path):
     assert not journal.exists()
 
 
+@pytest.mark.slow
 def test_reasoning_rows_on_the_r1_tokenizer(tiny_r1_gguf, tmp_path, capsys):
     grammar = tmp_path / "think.gbnf"
     grammar.write_text(THINK_GRAMMAR)

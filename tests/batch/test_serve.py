@@ -135,6 +135,7 @@ def test_malformed_json_gets_400(tiny_server):
     assert "not valid JSON" in json.load(exc.value)["error"]["message"]
 
 
+@pytest.mark.slow
 def test_two_concurrent_clients_both_finish(smol_server):
     client = openai.OpenAI(base_url=smol_server.url + "/v1", api_key="none", max_retries=0, timeout=60)
     results: dict[int, dict] = {}
@@ -167,6 +168,7 @@ def test_two_concurrent_clients_both_finish(smol_server):
     assert alone.choices[0].message.content == results[1]["answer"]  # sharing the slots changed nothing
 
 
+@pytest.mark.slow
 def test_batch_through_the_endpoint_matches_the_embedded_engine(smol_server, tmp_path):
     rows = [{"id": f"q{i}", "prompt": f"Question {i}?", "max_tokens": 80} for i in range(4)] + ["{broken"]
     src = tmp_path / "in.jsonl"
@@ -199,6 +201,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_serve_command_and_batch_endpoint_cli(smollm2_path, tmp_path):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -163,6 +163,7 @@ def test_a_short_body_times_out_with_408(url):
     assert status_of(reply) == 408 and seconds < READ_TIMEOUT + 4
 
 
+@pytest.mark.slow
 def test_partial_headers_and_a_slow_drip_are_cut_off(url):
     reply, seconds = raw(url, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
     assert reply == b"" and seconds < READ_TIMEOUT + 4  # closed, no thread left waiting

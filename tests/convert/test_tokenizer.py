@@ -111,6 +111,7 @@ def test_pre_tokenizer_name_and_basics(converted):
         assert "tokenizer.chat_template" not in meta
 
 
+@pytest.mark.slow
 def test_ids_match_source_tokenizer(converted):
     name, source, meta, llm = converted
     texts = TEXTS + [_special_text(source)]
@@ -204,6 +205,7 @@ def test_unreadable_tokenizer_json_names_the_file(tmp_path):
         vocab_metadata(model, 152064)
 
 
+@pytest.mark.slow
 def test_unknown_pre_tokenizer_is_refused(tmp_path):
     model = _copy_fixture(tmp_path)
     data = json.loads((model / "tokenizer.json").read_text(encoding="utf-8"))
@@ -225,6 +227,7 @@ def _edit_config(model: Path, **changes) -> None:
     path.write_text(json.dumps(cfg), encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_llama_tokenizer_class_follows_its_add_bos_flag(tmp_path):
     """LlamaTokenizerFast rebuilds its post-processor from add_bos_token: false means no BOS."""
     model = _copy_fixture(tmp_path)
@@ -235,6 +238,7 @@ def test_llama_tokenizer_class_follows_its_add_bos_flag(tmp_path):
     ).ids
 
 
+@pytest.mark.slow
 def test_other_tokenizer_classes_follow_the_post_processor(tmp_path):
     """PreTrainedTokenizerFast ignores add_bos_token; Llama 3's template adds BOS regardless."""
     model = _copy_fixture(tmp_path, "llama3-tokenizer")
