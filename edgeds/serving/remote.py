@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 from edgeds.errors import EdgedsError
 from edgeds.events import Answer, Completion, Done, Event, GenerationTimer, Reasoning, Stats, collect, failed
 from edgeds.runtime.params import GenerationParams
-from edgeds.runtime.reasoning import CLOSE, OPEN, ReasoningSplitter
+from edgeds.runtime.reasoning import ReasoningSplitter
 from edgeds.serving.openai import FINISH_FROM_WIRE, error_message, token_counts
 
 RETRY_STATUSES = frozenset({408, 429})  # besides every 5xx: worth another try
@@ -58,19 +58,6 @@ def base_url(endpoint: str) -> str:
         if url.endswith(suffix):
             url = url[: -len(suffix)]
     return url if url.endswith("/v1") else url + "/v1"
-
-
-def split_text(content: str) -> tuple[str, str]:
-    """Reasoning and answer of a whole reply whose think block was left in the content.
-
-    A `</think>` with no `<think>` before it means the template opened the block itself.
-    """
-    head = content.split(CLOSE, 1)[0]
-    splitter = ReasoningSplitter(in_reasoning=CLOSE in content and OPEN not in head)
-    events = splitter.feed(content) + splitter.finish()
-    reasoning = "".join(e.text for e in events if isinstance(e, Reasoning))
-    answer = "".join(e.text for e in events if isinstance(e, Answer))
-    return reasoning, answer
 
 
 class RemoteBackend:
@@ -131,9 +118,12 @@ class RemoteBackend:
         Raises:
             EdgedsError: the server refuses the request (Unavailable: it cannot be reached).
         """
-        return self._stream(messages, params or GenerationParams(), broken_raises=False)
+        return self._stream(messages, params or GenerationParams(), broken_raises=False, bare_close=False)
 
-    def _stream(self, messages: list[dict], params: GenerationParams, *, broken_raises: bool) -> Iterator[Event]:
+    def _stream(self, messages: list[dict], params: GenerationParams, *, broken_raises: bool,
+                bare_close: bool) -> Iterator[Event]:
+        """`bare_close`: hold content back until a `</think>` or the end shows whether it was
+        reasoning (a server whose template opened the think block); whole replies can wait."""
         body: dict = {"model": self.model, "messages": messages, "stream": True,
                       "stream_options": {"include_usage": True}}
         for key in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed"):  # llama-server's names
@@ -146,7 +136,7 @@ class RemoteBackend:
         timer = GenerationTimer()
         response = self._open("/chat/completions", body)
         timer.prompt_done()
-        splitter = ReasoningSplitter()  # for content that carries its own <think> block
+        splitter = ReasoningSplitter(bare_close=bare_close)  # for content that carries its own think block
         usage: dict = {}
         seen: set[type] = set()  # the kinds of text events yielded, for stopped_thinking
         finish, error = "stop", None
@@ -200,16 +190,12 @@ class RemoteBackend:
             Unavailable: the server could not be reached, or its reply broke off.
         """
         try:
-            completion = collect(self._stream(messages, params, broken_raises=True))
+            completion = collect(self._stream(messages, params, broken_raises=True, bare_close=True))
         except Unavailable:
             raise
         except EdgedsError as err:
             return failed(str(err))
-        reasoning, answer = completion.reasoning.strip(), completion.answer
-        if not reasoning and CLOSE in answer:
-            # the server's template opened the think block, so only </think> is in the content
-            reasoning, answer = split_text(answer)
-        return Completion(reasoning, answer, completion.stats)
+        return Completion(completion.reasoning.strip(), completion.answer, completion.stats)
 
     def submit(self, messages: list[dict], params: GenerationParams,
                on_done: Callable[[Completion], None]):

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from edgeds.serving.batch import run_batch
-from edgeds.serving.remote import RemoteBackend, split_text
+from edgeds.serving.remote import RemoteBackend
 from edgeds.runtime import Engine, GenerationParams
 from edgeds.runtime.scheduler import Scheduler
 from edgeds.serving.server import Server
@@ -188,6 +188,17 @@ def test_batch_through_the_endpoint_matches_the_embedded_engine(smol_server, tmp
     for g, w in zip(got, want):
         assert (g["reasoning"], g["answer"], g["error"]) == (w["reasoning"], w["answer"], w["error"])
     assert got[0]["reasoning"] and got[0]["usage"]["reasoning_tokens"] == want[0]["usage"]["reasoning_tokens"]
+
+
+def split_text(content: str) -> tuple[str, str]:
+    """What the remote client's whole-reply splitter makes of content with the think block left in."""
+    from edgeds.events import Reasoning
+    from edgeds.runtime.reasoning import ReasoningSplitter
+
+    splitter = ReasoningSplitter(bare_close=True)
+    events = splitter.feed(content) + splitter.finish()
+    return ("".join(e.text for e in events if isinstance(e, Reasoning)),
+            "".join(e.text for e in events if not isinstance(e, Reasoning)))
 
 
 def test_split_text_for_servers_that_leave_think_in_content():
