@@ -68,8 +68,9 @@ def _general(folder: Path, cfg: Mapping[str, Any], arch: str, file_type: int) ->
     }
 
 
-def prepare(folder: Path, outtype: str, extra_metadata: Mapping[str, object] | None = None):
-    """Everything short of writing: (checkpoint, plans, writer with metadata and tensor table)."""
+def prepare(folder: Path, outtype: str, extra_metadata: Mapping[str, object] | None = None, adapter=None):
+    """Everything short of writing: (checkpoint, plans, writer with metadata and tensor table).
+    `adapter`: a PeftAdapter to merge into the weights (convert/merge.py)."""
     from edgeds.convert import gguf_writer as gw
     from edgeds.convert.arch import module_for
     from edgeds.convert.checkpoint import Checkpoint
@@ -79,6 +80,10 @@ def prepare(folder: Path, outtype: str, extra_metadata: Mapping[str, object] | N
     if outtype not in OUTTYPES:
         raise ConversionError(f"outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
     ckpt = Checkpoint(folder)
+    if adapter is not None:
+        from edgeds.convert.merge import merged
+
+        ckpt = merged(ckpt, adapter)
     cfg = ckpt.config
     module = module_for(cfg, where=str(folder / "config.json"))
     arch_meta = module.metadata(cfg)
@@ -143,6 +148,7 @@ def convert(
     revision: str | None = None,
     extra_metadata: Mapping[str, object] | None = None,
     log: Callable[[str], None] | None = None,
+    merge_lora: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Convert a Hugging Face checkpoint to one GGUF file.
 
@@ -155,6 +161,8 @@ def convert(
         revision: hub revision when `src` is a repo id.
         extra_metadata: more GGUF keys (e.g. edgeds.* layout keys).
         log: where verification lines go (default: stderr).
+        merge_lora: a PEFT LoRA adapter (folder or hub repo id) to bake into the weights
+            (W + scale·B·A in float32, before the outtype rounds it).
 
     Returns:
         The path of the finished GGUF.
@@ -169,9 +177,17 @@ def convert(
     check_output(out, error=ConversionError)
     if outtype not in OUTTYPES:
         raise ConversionError(f"outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
+    adapter = None
+    if merge_lora is not None:
+        from edgeds.convert.adapter import PeftAdapter, resolve_adapter
+
+        if verify:
+            raise UsageError("--verify compares with the source model, which the merged adapter changes: "
+                             "leave out --verify or --merge-lora")
+        adapter = PeftAdapter(resolve_adapter(merge_lora))
     folder = resolve_source(src, revision=revision)
-    check_output(out, source_files(folder), error=ConversionError)
-    ckpt, plans, writer = prepare(folder, outtype, extra_metadata)
+    check_output(out, source_files(folder) + (adapter.files if adapter else []), error=ConversionError)
+    ckpt, plans, writer = prepare(folder, outtype, extra_metadata, adapter)
     _check_disk(out, writer.total_size)
     _write(ckpt, plans, writer, partial_path, progress)
     os.replace(partial_path, out)
@@ -195,6 +211,7 @@ def convert_and_quantize(
     progress: bool = True,
     revision: str | None = None,
     log: Callable[[str], None] | None = None,
+    merge_lora: str | os.PathLike[str] | None = None,
 ) -> tuple[Path, ...]:
     """Convert to F16 in a staged file beside `out`, quantize it with `quant` (a recipe or llama.cpp
     type) into `out`, in the expert-offload layout for MoE models (split in two files with
@@ -216,7 +233,7 @@ def convert_and_quantize(
     check_output(out, source_files(folder), error=ConversionError)
     staged = out.with_name(out.name + ".f16.partial")  # never looks like a finished file
     try:
-        convert(folder, staged, "f16", verify=verify, progress=progress, log=log)
+        convert(folder, staged, "f16", verify=verify, progress=progress, log=log, merge_lora=merge_lora)
         return quantize_file(staged, out, quant, split_experts=split_experts)
     finally:
         discard(staged)

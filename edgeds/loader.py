@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 from edgeds.catalog.resolve import ResolvedModel, resolve_model
 from edgeds.machine.downloads import check_download
 from edgeds.machine.placement import parse_moe_offload, plan_placement
 from edgeds.runtime.engine import Engine
+from edgeds.runtime.lora import LoraSpec, check_adapter
 from edgeds.runtime.params import ModelDefaults
 from edgeds.runtime.scheduler import DEFAULT_SEQ_CTX, Scheduler
 
@@ -59,6 +60,7 @@ def open_engine(
     think_prefix: bool = True,
     seq_ctx: int | None = None,
     depth: int | None = None,
+    loras: Sequence[LoraSpec] = (),
 ) -> Engine:
     """Load the model `spec` names, placed on this machine's devices.
 
@@ -75,6 +77,7 @@ def open_engine(
             goes to stderr when it is beyond the model's trained context.
         depth: the context depth decoding will reach, for the placement's cost model (default:
             the whole context, as long reasoning traces fill it).
+        loras: GGUF LoRA adapters (`--lora FILE[:SCALE]`), checked against the model and applied.
 
     The engine's `placement` attribute explains the plan in one line.
 
@@ -83,26 +86,29 @@ def open_engine(
         DownloadRefused: the model would have to be downloaded and cannot run here.
         UsageError: a bad --moe-offload value.
         ModelLoadError: llama.cpp could not load it.
+        EdgedsError: an adapter that does not fit the model.
     """
     parse_moe_offload(moe_offload)  # a typo fails before a download
     resolved = fetch_model(spec, pull=pull, progress=progress)
     if warning := context_warning(resolved.path, seq_ctx or n_ctx):
         print(warning, file=sys.stderr)
+    for lora in loras:  # before the model loads: a wrong adapter fails fast
+        check_adapter(lora.path, resolved.path)
     # chat and serve plan for traces that fill their context; `run` with a short reply for less
     placement = plan_placement(resolved.path, moe_offload, kv_tokens or n_ctx, depth=depth)
     return Engine(resolved.path, n_ctx=n_ctx or placement.n_ctx, n_threads=n_threads,
                   load_options=placement.load_options, defaults=model_defaults(resolved),
-                  placement=placement.explanation, think_prefix=think_prefix)
+                  placement=placement.explanation, think_prefix=think_prefix, loras=loras)
 
 
 def open_scheduler(spec: str | Path, *, parallel: int = 4, seq_ctx: int | None = None,
                    n_threads: int | None = None, moe_offload: str = "auto",
-                   think_prefix: bool = True) -> Scheduler:
+                   think_prefix: bool = True, loras: Sequence[LoraSpec] = ()) -> Scheduler:
     """Load the model `spec` names and put a scheduler of `parallel` slots on it."""
     # The engine's own single-sequence context goes unused here: keep it at the minimum.
     engine = open_engine(spec, n_ctx=256, n_threads=n_threads, moe_offload=moe_offload,
                          kv_tokens=parallel * (seq_ctx or DEFAULT_SEQ_CTX), think_prefix=think_prefix,
-                         seq_ctx=seq_ctx)
+                         seq_ctx=seq_ctx, loras=loras)
     try:
         return Scheduler(engine, parallel=parallel, seq_ctx=seq_ctx, n_threads=n_threads)
     except BaseException:

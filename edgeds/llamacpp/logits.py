@@ -26,3 +26,26 @@ def all_logits(path: str | os.PathLike[str], ids: Sequence[int], n_threads: int 
             return np.array(llm.scores[: len(ids)], dtype=np.float32)
         finally:
             llm.close()
+
+
+def adapter_logits(path: str | os.PathLike[str], ids: Sequence[int], loras: Sequence[tuple[str | os.PathLike[str], float]],
+                   n_threads: int | None = None) -> np.ndarray:
+    """As `all_logits`, with GGUF LoRA adapters (path, scale) loaded at run time (edgeds.llamacpp.lora)."""
+    from edgeds.llamacpp.binding import Context, LoadOptions, Model
+    from edgeds.llamacpp.lora import LoraAdapter, set_loras
+
+    with captured_llama_log():
+        model = Model(path, LoadOptions(n_gpu_layers=0))
+        try:
+            adapters = [(LoraAdapter(model, p), scale) for p, scale in loras]
+            ctx = Context(model, n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids)), n_threads=n_threads,
+                          f32_attention=True)
+            try:
+                set_loras(ctx, adapters)
+                ctx.decode([(token, pos, 0, True) for pos, token in enumerate(ids)])
+                return np.array([np.ctypeslib.as_array(ctx.logits(i), shape=(model.n_vocab,)) for i in range(len(ids))],
+                                dtype=np.float32)
+            finally:
+                ctx.close()
+        finally:
+            model.close()

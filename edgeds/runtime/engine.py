@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from edgeds.errors import ContextOverflow, EdgedsError
 from edgeds.events import Done, Event, GenerationTimer
@@ -19,6 +19,7 @@ from edgeds.machine.hardware import memory, physical_cores
 from edgeds.machine.memory import Geometry, default_n_ctx
 from edgeds.runtime import template
 from edgeds.runtime.grammar import check_grammar
+from edgeds.runtime.lora import LoraSpec, apply_loras, load_loras
 from edgeds.runtime.params import GenerationParams, ModelDefaults
 from edgeds.runtime.reasoning import ReasoningSplitter
 
@@ -76,6 +77,7 @@ class Engine:
         defaults: generation defaults; registry entries carry their own.
         chat_template: a Jinja chat template to use instead of the GGUF's own.
         placement: one line on where the weights sit (the placement plan's explanation).
+        loras: GGUF LoRA adapters with their scales, applied to every context (edgeds.runtime.lora).
         think_prefix: start an R1-family model's reply with `<think>\\n` where its template
             does not (DeepSeek asks for it, so the model does not skip thinking). R1-family:
             `defaults.forces_think`, or when None, DeepSeek's template and a name that says R1.
@@ -93,6 +95,7 @@ class Engine:
         chat_template: str | None = None,
         placement: str = "",
         think_prefix: bool = True,
+        loras: Sequence[LoraSpec] = (),
     ):
         path = Path(model)
         if load_options is None:
@@ -104,6 +107,12 @@ class Engine:
         self.n_ctx = n_ctx or default_n_ctx(Geometry.from_metadata(self.model.metadata, n_vocab=self.model.n_vocab),
                                             self.model.size_bytes, memory()[1])
         self.ctx = Context(self.model, n_ctx=self.n_ctx, n_threads=self.n_threads)
+        try:
+            self.loras = load_loras(self.model, loras)  # (adapter, scale) pairs every context applies
+        except BaseException:
+            self.close()
+            raise
+        apply_loras(self.ctx, self.loras)
         self.defaults = defaults or ModelDefaults()
         self.chat_template = chat_template or self.model.chat_template
         self.reasoning_template = template.is_reasoning_template(self.chat_template)

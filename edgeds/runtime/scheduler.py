@@ -24,6 +24,7 @@ from edgeds.events import Completion, Done, Event, GenerationTimer, Reasoning, S
 from edgeds.llamacpp.binding import Context, Sampler, SamplingParams
 from edgeds.runtime.engine import Engine, PhaseStream
 from edgeds.runtime.grammar import check_grammar
+from edgeds.runtime.lora import apply_loras
 from edgeds.runtime.params import GenerationParams
 
 DEFAULT_SEQ_CTX = 4096
@@ -114,6 +115,7 @@ class Scheduler:
         self.n_batch = max(n_batch, parallel)
         self.ctx = Context(self.model, n_ctx=parallel * self.seq_ctx, n_batch=self.n_batch,
                            n_seq_max=parallel, n_threads=n_threads or engine.n_threads, kv_unified=False)
+        apply_loras(self.ctx, getattr(engine, "loras", ()))
         self._waiting: deque[Request] = deque()
         self._slots: dict[int, _Slot] = {}
         self._wake = threading.Condition()
