@@ -18,6 +18,7 @@ from edgeds.cli import (  # noqa: E402,F401
     run,
     chat,
     convert,
+    convert_lora,
     quantize,
     models,
     doctor,

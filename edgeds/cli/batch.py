@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, read_grammar
+from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, parse_loras,
+                                read_grammar)
 from edgeds.errors import UsageError
 
 
@@ -40,6 +41,7 @@ def batch(
     threads: Optional[int] = Threads,
     no_think_prefix: bool = NoThinkPrefix,
     moe_offload: str = MoeOffload,
+    lora: Optional[list[str]] = Loras,
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file for every row."),
     json_summary: bool = typer.Option(False, "--json-summary", help="Print the summary as JSON on stdout."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal)."),
@@ -55,6 +57,9 @@ def batch(
 
     check_paths(input_path, output)
     grammar_text = read_grammar(grammar)
+    loras = parse_loras(lora)
+    if endpoint and loras:
+        raise UsageError("--lora applies to a local model, not to --endpoint")
     defaults = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                                 repeat_penalty=repeat_penalty, seed=seed, grammar=grammar_text)
     if endpoint:
@@ -67,7 +72,7 @@ def batch(
         from edgeds.loader import open_scheduler
 
         backend = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx, n_threads=threads, moe_offload=moe_offload,
-                                 think_prefix=not no_think_prefix)
+                                 think_prefix=not no_think_prefix, loras=loras)
         print(f"edgeds: {backend.engine.placement}", file=sys.stderr)
     try:
         summary = run_batch(input_path, output, backend, defaults=defaults, parallel=parallel,

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, read_grammar
+from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, parse_loras,
+                                read_grammar)
 from edgeds.errors import UsageError
 
 
@@ -18,14 +19,14 @@ def on_terminal() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def model_opener(n_threads: int | None, think_prefix: bool):
-    """How the app opens models (its own, `workers.open_model`, with --threads and --no-think-prefix)."""
+def model_opener(n_threads: int | None, think_prefix: bool, loras=()):
+    """How the app opens models (its own, `workers.open_model`, with --threads, --no-think-prefix and --lora)."""
     from edgeds.loader import open_engine
     from edgeds.machine.hardware import threads_beside_ui
 
     def open_model(spec: str, *, n_ctx: int | None = None, moe_offload: str = "auto"):
         return open_engine(spec, n_ctx=n_ctx, n_threads=n_threads or threads_beside_ui(), moe_offload=moe_offload,
-                           pull=False, progress=False, think_prefix=think_prefix)
+                           pull=False, progress=False, think_prefix=think_prefix, loras=loras)
 
     return open_model
 
@@ -43,6 +44,7 @@ def chat(
     repeat_penalty: Optional[float] = RepeatPenalty,
     threads: Optional[int] = Threads,
     no_think_prefix: bool = NoThinkPrefix,
+    lora: Optional[list[str]] = Loras,
 ) -> None:
     """Chat with a model in a terminal UI; reasoning streams into a collapsible section."""
     if not on_terminal():
@@ -59,12 +61,18 @@ def chat(
     from edgeds.runtime.params import GenerationParams
 
     parse_moe_offload(moe_offload)
+    loras = parse_loras(lora)
     params = GenerationParams(max_tokens=max_tokens, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
                               grammar=read_grammar(grammar))
     resolved = fetch_model(model, pull="ask")  # downloads (checked, asking first) before the UI starts
     if warning := context_warning(resolved.path, n_ctx):
         print(warning, file=sys.stderr)
+    if loras:
+        from edgeds.runtime.lora import check_adapter
+
+        for spec in loras:  # before the UI starts: a wrong adapter is a one-line error
+            check_adapter(spec.path, resolved.path)
     from edgeds.app import run_chat
 
-    opener = model_opener(threads, not no_think_prefix) if threads or no_think_prefix else None
+    opener = model_opener(threads, not no_think_prefix, loras) if threads or no_think_prefix or loras else None
     run_chat(model, n_ctx=n_ctx, system=system, moe_offload=moe_offload, params=params, open_model=opener)

@@ -23,6 +23,9 @@ def convert(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
     quant: Optional[str] = typer.Option(None, "--quant", help="Then quantize with llama.cpp: a recipe (moe-q2, moe-q3, "
                                         "moe-q4, ...) or type (Q4_K_M, ...); see `edgeds quantize --list`."),
+    merge_lora: Optional[str] = typer.Option(None, "--merge-lora", metavar="ADAPTER", help="Bake a PEFT LoRA adapter "
+                                             "(folder or hub repo id) into the weights: W + alpha/r·B·A, in float "
+                                             "before --outtype or --quant round it."),
     split_experts: bool = typer.Option(False, "--split-experts", help="With --quant on a MoE model: write llama.cpp split "
                                        "files, the first with every non-expert tensor, the second with the routed experts."),
 ) -> None:
@@ -36,11 +39,12 @@ def convert(
         if split_experts:
             raise UsageError("--split-experts applies to quantized output: add --quant TYPE|RECIPE")
         with interruptible("convert"):
-            path = run_convert(src, output, outtype, verify=verify, progress=progress, revision=revision)
+            path = run_convert(src, output, outtype, verify=verify, progress=progress, revision=revision,
+                               merge_lora=merge_lora)
         typer.echo(str(path))
         return
     with interruptible("convert"):
         paths = convert_and_quantize(src, output, quant, split_experts=split_experts, verify=verify,
-                                     progress=progress, revision=revision)
+                                     progress=progress, revision=revision, merge_lora=merge_lora)
     for path in paths:
         typer.echo(str(path))

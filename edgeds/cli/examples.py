@@ -8,6 +8,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         'echo "Summarise: ..." | edgeds run model.gguf --hide-reasoning > answer.txt',
         'edgeds run deepseek-r1:7b "Prove that √2 is irrational" --max-tokens 8192 --min-p 0.1',
         'edgeds run model.gguf "Say hello" --json --repeat-penalty 1.1 --threads 4',
+        'edgeds run model.gguf "Write a haiku" --lora style.gguf:0.8',
     ),
     "chat": (
         "edgeds chat",
@@ -27,6 +28,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "edgeds convert deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B -o r1-1.5b.gguf --quant Q4_K_M",
         "edgeds convert ./my-checkpoint -o model-f16.gguf --verify",
         "edgeds convert deepseek-ai/DeepSeek-V2-Lite-Chat -o v2-lite.gguf --quant moe-q4 --split-experts",
+        "edgeds convert ./base-checkpoint -o tuned.gguf --merge-lora ./my-lora --quant Q4_K_M",
+    ),
+    "convert-lora": (
+        "edgeds convert-lora ./my-lora -o my-lora.gguf",
+        "edgeds convert-lora owner/r1-qwen-7b-lora -o lora.gguf --base deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
     ),
     "quantize": (
         "edgeds quantize --list",

@@ -25,6 +25,8 @@ NoThinkPrefix = typer.Option(False, "--no-think-prefix", help="Do not start R1-f
 TopK = typer.Option(None, "--top-k", min=0, help="Sample from the K likeliest tokens only (0: off, the model default).")
 MinP = typer.Option(None, "--min-p", min=0.0, max=1.0, help="Drop tokens below this fraction of the likeliest "
                     "one's probability (model default: 0.05).")
+Loras = typer.Option(None, "--lora", metavar="FILE[:SCALE]", help="A GGUF LoRA adapter (from `edgeds convert-lora`) "
+                     "applied at run time, with its scale (default 1; 0 leaves it out). Repeatable.")
 RepeatPenalty = typer.Option(None, "--repeat-penalty", min=1.0, max=2.0, help="Penalise tokens seen in the last "
                              "64 (1.0: off, the default of registry models; 1.1 for other GGUFs).")
 
@@ -44,3 +46,10 @@ def read_grammar(path: Path | None) -> str | None:
     except UsageError as err:
         raise UsageError(f"{path}: {err}") from None
     return text
+
+
+def parse_loras(values: list[str] | None):
+    """`--lora FILE[:SCALE]` values → edgeds.runtime.lora.LoraSpec tuple (a usage error names a bad one)."""
+    from edgeds.runtime.lora import LoraSpec
+
+    return tuple(LoraSpec.parse(v) for v in values or ())

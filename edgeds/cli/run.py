@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, read_grammar
+from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, parse_loras,
+                                read_grammar)
 from edgeds.errors import EdgedsError, UsageError
 
 
@@ -34,6 +35,7 @@ def run(
     system: Optional[str] = typer.Option(None, "--system", help="System prompt (R1 models get it folded into the first user turn)."),
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file that constrains the output."),
     moe_offload: str = MoeOffload,
+    lora: Optional[list[str]] = Loras,
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Send the prompt to an OpenAI-compatible server "
                                            "(llama-server, vLLM, edgeds serve) instead; MODEL is then its model name."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEDS_API_KEY", help="API key for --endpoint."),
@@ -57,6 +59,9 @@ def run(
     if not prompt.strip():
         raise UsageError("the prompt is empty")
     grammar_text = read_grammar(grammar)
+    loras = parse_loras(lora)
+    if endpoint and loras:
+        raise UsageError("--lora applies to a local model, not to --endpoint")
 
     if endpoint:
         from edgeds.serving.remote import RemoteBackend
@@ -67,7 +72,7 @@ def run(
 
         depth = len(prompt) // 2 + max_tokens if max_tokens else None  # a short reply plans for less
         engine = open_engine(model, n_ctx=n_ctx, n_threads=threads, moe_offload=moe_offload,
-                             think_prefix=not no_think_prefix, depth=depth)
+                             think_prefix=not no_think_prefix, depth=depth, loras=loras)
         if verbose or (sys.stderr.isatty() and not json_lines):
             print(f"edgeds: {engine.placement}", file=sys.stderr)
     messages = with_system([{"role": "user", "content": prompt}], system)
