@@ -41,6 +41,7 @@ UNSUPPORTED: dict[str, str] = {
     "fan_in_fan_out": "transposed (Conv1D) weights",
     "alora_invocation_tokens": "activated LoRA",
     "use_qalora": "QA-LoRA",
+    "target_parameters": "LoRA on parameters (e.g. fused MoE experts)",
 }
 # Modules of the base model outside the transformer blocks: token embeddings and the output head.
 _OUTSIDE_BLOCKS = re.compile(r"(^|\.)(embed_tokens|lm_head|wte|wpe|embed_out)$")

@@ -278,6 +278,10 @@ def test_adapter_errors_name_the_problem(dense_hf, tmp_path):
     _edit_config(dora, use_dora=True)
     _fails(dora, out, r"use_dora is set: DoRA adapters are not supported")
 
+    fused = _copy(good, tmp_path / "fused")
+    _edit_config(fused, target_parameters=["gate_up_proj"])
+    _fails(fused, out, r"target_parameters is set: LoRA on parameters \(e\.g\. fused MoE experts\)")
+
     nobase = _copy(good, tmp_path / "nobase")
     _edit_config(nobase, base_model_name_or_path=str(tmp_path / "gone"))
     _fails(nobase, out, r"base_model_name_or_path .*gone.*: no such file or folder .*pass --base")
@@ -359,6 +363,12 @@ def test_runtime_refuses_what_does_not_fit(adapter_gguf, dense_gguf, tmp_path, c
     capsys.readouterr()  # (what building the fixtures printed)
     code, out, err = cli(["run", dense_gguf("llama", "f32"), "hi", "--lora", qwen2_adapter], capsys)
     assert code == 1 and out == "" and err.count("\n") == 1 and "an adapter for 'qwen2' models" in err
+    rows = tmp_path / "in.jsonl"
+    rows.write_text('{"id": 1, "prompt": "hi"}\n')
+    code, out, err = cli(["batch", rows, "-o", tmp_path / "out.jsonl", "-m", dense_gguf("qwen2", "f32"),
+                          "--lora", tmp_path / "missing.gguf"], capsys)
+    assert code == 1 and err.count("\n") == 1 and "missing.gguf: no such file" in err
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_lora_spec_parsing(tmp_path, capsys):
@@ -389,3 +399,59 @@ def test_merge_refuses_verify_and_mismatch(dense_hf, tmp_path):
     with pytest.raises(ConversionError, match=r"has no model\.layers\.0\.self_attn\.q_a_proj\.weight"):
         convert(base, tmp_path / "m.gguf", "f32", merge_lora=missing, progress=False)
     assert not list(tmp_path.glob("m.gguf*"))
+
+
+@pytest.mark.slow
+def test_deepseek2_adapter_and_merge_match_transformers(tmp_path):
+    """deepseek2 (tiny V3: MLA, a dense layer, shared + routed experts). PEFT with transformers 5
+    turns `gate_proj`-style targets of MoE models into fused-expert parameters, so the adapter is
+    written here in PEFT's file format and the reference is transformers with W + alpha/r·B·A put
+    into its weights. At run time: attention output, dense and shared-expert FFNs; merged: those
+    and every MLA projection (kv_b_proj goes through the converter's k_b/v_b split)."""
+    from safetensors.numpy import save_file
+    from transformers import AutoModelForCausalLM
+
+    from edgeds.convert import convert
+    from edgeds.convert.tokenizer import reference_ids
+    from edgeds.llamacpp.logits import adapter_logits, all_logits
+    from tests.tiny_moe_checkpoints import build_deepseek_v3
+
+    src = build_deepseek_v3(tmp_path / "hf")
+    ids = reference_ids(src, "DeepSeek-V3 routes each token to 2 of 8 experts. 你好 def f(x): return x**2")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        plain = model(torch.tensor([ids])).logits[0].numpy()
+
+    def adapter(folder: Path, modules: list[str], seed: int):
+        rng = np.random.default_rng(seed)
+        tensors, weights = {}, {k: v.clone() for k, v in original.items()}
+        for module in modules:
+            n_out, n_in = original[module + ".weight"].shape
+            a = (rng.standard_normal((8, n_in)) / math.sqrt(n_in)).astype(np.float32)
+            b = (0.1 * rng.standard_normal((n_out, 8))).astype(np.float32)
+            tensors[f"base_model.model.{module}.lora_A.weight"], tensors[f"base_model.model.{module}.lora_B.weight"] = a, b
+            weights[module + ".weight"] += 2.0 * torch.from_numpy(b) @ torch.from_numpy(a)  # alpha 16 / r 8
+        folder.mkdir()
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        (folder / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "base_model_name_or_path": str(src)}))
+        model.load_state_dict(weights)
+        with torch.no_grad():
+            expected = model(torch.tensor([ids])).logits[0].numpy()
+        model.load_state_dict(original)
+        return folder, expected
+
+    runtime = ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj"] + [
+        f"model.layers.{i}.{m}" for i in range(3) for m in ("self_attn.o_proj",)] + [
+        f"model.layers.{i}.mlp.shared_experts.{m}_proj" for i in (1, 2) for m in ("gate", "up", "down")]
+    folder, expected = adapter(tmp_path / "runtime", runtime, seed=0)
+    base = convert(src, tmp_path / "base.gguf", "f32", progress=False)
+    lora = convert_lora(folder, tmp_path / "lora.gguf", outtype="f32")
+    _agree(adapter_logits(base, ids, [(lora, 1.0)], n_threads=2), expected, plain)
+
+    mla = [f"model.layers.{i}.self_attn.{m}" for i in range(3)
+           for m in ("q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj")]
+    folder, expected = adapter(tmp_path / "merge", runtime + mla, seed=1)
+    merged = convert(src, tmp_path / "merged.gguf", "f32", progress=False, merge_lora=folder)
+    _agree(all_logits(merged, ids, n_threads=2), expected, plain)
