@@ -113,11 +113,21 @@ def test_adapter_gguf_layout(case, adapter_gguf):
     assert shapes["blk.1.ffn_down.weight.lora_a"] == (8, 128) and shapes["blk.1.ffn_down.weight.lora_b"] == (64, 8)
 
 
+@pytest.mark.slow
+def test_base_gguf_gives_the_same_adapter(case, adapter_gguf, dense_gguf, tmp_path):
+    """--base MODEL.gguf: names, shapes and llama's q/k row permutation (head counts from the GGUF)."""
+    _, _, adapter, _, _ = case("llama")
+    out = convert_lora(adapter, tmp_path / "from-gguf.gguf", base=str(dense_gguf("llama", "f32")), outtype="f32")
+    assert out.read_bytes() == adapter_gguf("llama").read_bytes()
+    with pytest.raises(ConversionError, match=r"shape mismatch for model\.layers\.0\.self_attn\.k_proj: .*\[32, 64\]"):
+        convert_lora(case("qwen3")[2], tmp_path / "x.gguf", base=str(dense_gguf("qwen2", "f32")))
+
+
 # -- runtime adapters and merged weights against transformers + peft ---------------------------
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
 def test_runtime_adapter_matches_peft(arch, case, adapter_gguf, dense_gguf):
     from edgeds.llamacpp.logits import adapter_logits
 
