@@ -465,3 +465,37 @@ def test_deepseek2_adapter_and_merge_match_transformers(tmp_path):
     folder, expected = adapter(tmp_path / "merge", runtime + mla, seed=1)
     merged = convert(src, tmp_path / "merged.gguf", "f32", progress=False, merge_lora=folder)
     _agree(all_logits(merged, ids, n_threads=2), expected, plain)
+
+
+@pytest.mark.slow
+def test_adapter_and_base_config_from_the_hub(dense_hf, tmp_path):
+    """`convert-lora owner/name`: the adapter's two files and its base's config.json come through
+    edgeds' hub client (a fake hub on 127.0.0.1 via HF_ENDPOINT)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.hub_server import FakeHub
+
+    base = dense_hf("qwen2")
+    local = _write_adapter(tmp_path / "local", {**_pair("model.layers.0.self_attn.q_proj", 64, 64),
+                                                **_pair("model.layers.1.mlp.up_proj", 128, 64)}, "acme/tiny-qwen2")
+    hub = FakeHub().start()
+    try:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            hub.add("acme/tiny-lora", name, (local / name).read_bytes())
+        hub.add("acme/tiny-qwen2", "config.json", (base / "config.json").read_bytes())
+        env = dict(os.environ, HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="0",
+                   HF_HUB_DISABLE_XET="1")
+        out = tmp_path / "hub-lora.gguf"
+        done = subprocess.run([sys.executable, "-m", "edgeds", "convert-lora", "acme/tiny-lora", "-o", str(out),
+                               "--outtype", "f32"], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        expected = convert_lora(local, tmp_path / "local.gguf", base=str(base), outtype="f32")
+        assert read_file(out).metadata["general.architecture"] == "qwen2"
+        assert [t.name for t in read_file(out).tensors] == [t.name for t in read_file(expected).tensors]
+        missing = subprocess.run([sys.executable, "-m", "edgeds", "convert-lora", "acme/no-such-lora", "-o",
+                                  str(tmp_path / "x.gguf")], env=env, capture_output=True, text=True, timeout=120)
+        assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "acme/no-such-lora" in missing.stderr
+    finally:
+        hub.stop()
