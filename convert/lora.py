@@ -156,6 +156,18 @@ def _gguf_weight(pair: LoraPair, base: Base, where: Path) -> str:
     return name
 
 
+def _check_trained_on(adapter: PeftAdapter, base: Base) -> None:
+    """The model class PEFT recorded (`auto_mapping.base_model_class`) is of the base's architecture."""
+    from edgeds.convert.arch import ARCHITECTURES
+
+    mapping = adapter.config.get("auto_mapping")
+    trained = mapping.get("base_model_class") if isinstance(mapping, dict) else None
+    arch = ARCHITECTURES.get(trained) if isinstance(trained, str) else None
+    if arch is not None and arch != base.arch:
+        raise ConversionError(f"{adapter.folder / 'adapter_config.json'}: an adapter for {trained} ({arch}), "
+                              f"but the base model {base.where} is {base.arch}")
+
+
 def _rows_permuted(b: np.ndarray, heads: int) -> np.ndarray:
     from edgeds.convert.arch.llama import interleave_rope_rows
 
@@ -242,6 +254,7 @@ def convert_lora(
     adapter = PeftAdapter(resolve_adapter(src, revision=revision))
     check_output(out, adapter.files, error=ConversionError)
     base_model = load_base(base, adapter, revision=None)
+    _check_trained_on(adapter, base_model)
     plans = plan_adapter(adapter, base_model)
     writer = gw.GGUFWriter()
     name = str(src).rstrip("/").split("/")[-1] or adapter.folder.name

@@ -119,8 +119,12 @@ def test_base_gguf_gives_the_same_adapter(case, adapter_gguf, dense_gguf, tmp_pa
     _, _, adapter, _, _ = case("llama")
     out = convert_lora(adapter, tmp_path / "from-gguf.gguf", base=str(dense_gguf("llama", "f32")), outtype="f32")
     assert out.read_bytes() == adapter_gguf("llama").read_bytes()
+    qwen3 = _copy(case("qwen3")[2], tmp_path / "qwen3")
+    with pytest.raises(ConversionError, match=r"an adapter for Qwen3ForCausalLM \(qwen3\), but the base model .* is qwen2"):
+        convert_lora(qwen3, tmp_path / "x.gguf", base=str(dense_gguf("qwen2", "f32")))
+    _edit_config(qwen3, auto_mapping=None)  # without the record, the shapes still tell
     with pytest.raises(ConversionError, match=r"shape mismatch for model\.layers\.0\.self_attn\.k_proj: .*\[32, 64\]"):
-        convert_lora(case("qwen3")[2], tmp_path / "x.gguf", base=str(dense_gguf("qwen2", "f32")))
+        convert_lora(qwen3, tmp_path / "x.gguf", base=str(dense_gguf("qwen2", "f32")))
 
 
 # -- runtime adapters and merged weights against transformers + peft ---------------------------
