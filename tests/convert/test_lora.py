@@ -196,28 +196,29 @@ def test_cli_run_lora_changes_the_output(adapter_gguf, dense_gguf, capsys):
 
 @pytest.mark.slow
 def test_scheduler_applies_the_adapter(adapter_gguf, dense_gguf):
-    """The scheduler's own context carries the engine's adapters: greedy replies equal the engine's."""
+    """open_scheduler(loras=...) (serve, batch): the scheduler's own context carries the adapter,
+    so its greedy reply equals open_engine's with the adapter, and differs from one without."""
     from edgeds.events import collect
-    from edgeds.runtime.engine import Engine
+    from edgeds.loader import open_engine, open_scheduler
     from edgeds.runtime.params import GenerationParams
-    from edgeds.runtime.scheduler import Scheduler
 
+    model, loras = dense_gguf("qwen2", "f32"), (LoraSpec(adapter_gguf("qwen2")),)
     messages = [{"role": "user", "content": "Count: one two three"}]
     params = GenerationParams(temperature=0.0, max_tokens=6)
-    texts = []
-    for loras in ((), (LoraSpec(adapter_gguf("qwen2")),)):
-        engine = Engine(dense_gguf("qwen2", "f32"), n_ctx=256, n_threads=2, n_gpu_layers=0, loras=loras,
-                        think_prefix=False)
-        try:
-            alone = collect(engine.generate(messages, params))
-            with Scheduler(engine, parallel=2, seq_ctx=256) as scheduler:
-                together = collect(scheduler.generate(messages, params))
-        finally:
-            engine.close()
-        assert alone.stats.finish_reason == "length"
-        assert (together.reasoning, together.answer) == (alone.reasoning, alone.answer)
-        texts.append(alone.reasoning + alone.answer)
-    assert texts[0] != texts[1]
+    replies = []
+    for adapters in ((), loras):
+        with open_engine(model, n_ctx=256, n_threads=2, think_prefix=False, loras=adapters) as engine:
+            replies.append(collect(engine.generate(messages, params)))
+    scheduler = open_scheduler(model, parallel=2, seq_ctx=256, n_threads=2, think_prefix=False, loras=loras)
+    try:
+        together = collect(scheduler.generate(messages, params))
+    finally:
+        scheduler.close()
+        scheduler.engine.close()
+    plain, adapted = replies
+    assert adapted.stats.finish_reason == "length"
+    assert (together.reasoning, together.answer) == (adapted.reasoning, adapted.answer)
+    assert (plain.reasoning, plain.answer) != (adapted.reasoning, adapted.answer)
 
 
 # -- bad input ---------------------------------------------------------------------------------
