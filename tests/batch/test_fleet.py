@@ -5,6 +5,7 @@ fakes for the failures, and two real `edgeds serve` processes, one killed mid-ru
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -37,8 +38,8 @@ def quick_probes(monkeypatch):
 def fakes():
     servers: list[FlakyServer] = []
 
-    def start(script) -> FlakyServer:
-        servers.append(FlakyServer(script))
+    def start(script, port: int = 0) -> FlakyServer:
+        servers.append(FlakyServer(script, port))
         return servers[-1]
 
     yield start
@@ -114,12 +115,37 @@ def test_a_refusal_is_the_rows_error_at_once(fakes, tmp_path):
 
 
 def test_a_server_down_at_the_start_joins_when_it_comes_up(fakes, tmp_path):
+    slow = lambda prompt, n: time.sleep(0.1) or "ok"  # noqa: E731
+    good = fakes(slow)
+    late_url = closed_port()
+    backend = Fleet([late_url, good.url], parallel=1, timeout=30)
+    try:
+        late = fakes(slow, port=int(late_url.rsplit(":", 1)[1]))  # up once the batch runs
+        summary = run_batch(rows_file(tmp_path, 12), tmp_path / "out.jsonl", backend, parallel=2)
+    finally:
+        backend.close()
+    counts = by_url(summary)
+    assert counts[late_url]["rows"] >= 1 and counts[late_url]["up"] is True and sum(late.tries.values()) >= 1
+    assert counts[late_url]["rows"] + counts[good.url]["rows"] == 12 and summary.completed == 12
+
+
+def test_a_failed_server_takes_rows_again_once_it_answers(fakes, tmp_path):
+    calls = itertools.count()
+    flaky = fakes(lambda prompt, n: "503" if next(calls) == 0 else time.sleep(0.05) or "ok")
+    steady = fakes(lambda prompt, n: time.sleep(0.05) or "ok")
+    summary = run([flaky.url, steady.url], rows_file(tmp_path, 12), tmp_path / "out.jsonl", parallel=1)
+    counts = by_url(summary)
+    assert counts[flaky.url]["failed_tries"] == 1 and counts[flaky.url]["rows"] >= 1
+    assert summary.completed == 12 and [r["id"] for r in written(tmp_path / "out.jsonl")] == list(range(12))
+
+
+def test_a_dead_server_gets_no_rows(fakes, tmp_path):
     good = fakes(lambda prompt, n: "ok")
     dead = closed_port()
     summary = run([dead, good.url], rows_file(tmp_path), tmp_path / "out.jsonl")
     counts = by_url(summary)
     assert counts[good.url]["rows"] == 6 and counts[dead]["rows"] == 0 and counts[dead]["up"] is False
-    assert "down" in summary.line()
+    assert counts[dead]["failed_tries"] == 0 and "down" in summary.line()
 
 
 def test_no_server_answers(tmp_path):
