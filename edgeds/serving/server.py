@@ -39,10 +39,10 @@ import time
 import traceback
 import uuid
 from dataclasses import replace
-from pathlib import Path
-from urllib.parse import unquote
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
 
 from edgeds.errors import ContextOverflow, EdgedsError, UsageError
 from edgeds.events import Answer, Done, Reasoning
