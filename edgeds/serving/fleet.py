@@ -108,7 +108,8 @@ class Fleet:
                 threading.Thread(target=self._work, args=(server,), daemon=True,
                                  name=f"edgeds-fleet-{server.index}-{n}").start()
         with self._cond:  # every server's first health check, done by its workers in parallel
-            self._cond.wait_for(lambda: self._refused or all(s.probes_failed or not s.down for s in self._servers))
+            self._cond.wait_for(lambda: self._refused or all(s.probes_failed or not s.down for s in self._servers),
+                                timeout=3 * PROBE_TIMEOUT_S)
         if self._refused or all(s.down for s in self._servers):
             self.close()
             if self._refused:
@@ -206,7 +207,8 @@ class Fleet:
             server.failed += 1
             server.last_error = error
             if not server.down:
-                server.down, server.down_since, server.retry_at = True, time.monotonic(), time.monotonic() + PROBE_BASE_S
+                now = time.monotonic()
+                server.down, server.down_since, server.retry_at = True, now, now + PROBE_BASE_S
             job.tries += 1
             job.failed_on.add(server.index)
             job.errors.append(error)

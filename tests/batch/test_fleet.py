@@ -193,7 +193,8 @@ def test_batch_over_two_edgeds_serve_one_killed_mid_run(smollm2_path, tmp_path):
     src.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"Count to {i}.", "seed": i}) + "\n"
                            for i in range(n)))
     out = tmp_path / "out.jsonl"
-    options = ("--parallel", "2", "--n-ctx", "512", "--threads", "1", "--alias", "smol")  # 1 thread: 2 servers share the cores
+    # one thread each: the two servers share the cores
+    options = ("--parallel", "2", "--n-ctx", "512", "--threads", "1", "--alias", "smol")
     with serving(smollm2_path, tmp_path / "a.log", *options) as (a, url_a), \
             serving(smollm2_path, tmp_path / "b.log", *options) as (b, url_b):
         with urllib.request.urlopen(url_b + "/v1/models/smol", timeout=30) as response:
@@ -203,8 +204,8 @@ def test_batch_over_two_edgeds_serve_one_killed_mid_run(smollm2_path, tmp_path):
                                   "--json-summary", "--no-progress"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                                  env={**os.environ, "PYTHONPATH": str(REPO)})
-        done = lambda: sum(len(p.read_text().splitlines()) for p in (out, out.with_name("out.jsonl.pending"))  # noqa: E731
-                           if p.exists())
+        journal = out.with_name("out.jsonl.pending")
+        done = lambda: sum(len(p.read_text().splitlines()) for p in (out, journal) if p.exists())  # noqa: E731
         deadline = time.monotonic() + 240
         while done() < 4 and batch.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -12,6 +12,7 @@ import urllib.request
 import openai
 import pytest
 
+from edgeds.cli import main
 from edgeds.runtime import Engine
 from edgeds.runtime.scheduler import Scheduler
 from edgeds.serving.cors import CorsPolicy, check_origin
@@ -250,3 +251,11 @@ def test_a_chunked_completion_request(plain):
 def test_malformed_chunking_is_a_400(plain, chunks):
     status, reply = raw_post(plain.url, "/v1/completions", b"", chunks)
     assert status == 400 and reply["error"]["message"]
+
+
+@pytest.mark.parametrize("option", [["--cors-origin", "localhost:3000"], ["--alias", "my model"]])
+def test_bad_serve_options_fail_before_loading(option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", str(tmp_path / "absent.gguf"), *option])
+    err = capsys.readouterr().err
+    assert exit_.value.code != 0 and option[0] in err and "absent.gguf" not in err
