@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -21,12 +21,17 @@ def batch(
                                       "and metadata (an object copied to the output row)."),
     output: Path = typer.Option(..., "--output", "-o", metavar="OUT.jsonl", help="Output rows, in input order; an existing file is resumed."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A GGUF file or registry id; with --endpoint, the server's model name."),
-    parallel: int = typer.Option(4, "--parallel", "-p", min=1, max=64, help="Sequences decoded together (or requests in flight with --endpoint)."),
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="An OpenAI-compatible server URL (llama-server, vLLM, edgeds serve) to send the rows to."),
+    parallel: int = typer.Option(4, "--parallel", "-p", min=1, max=64, help="Sequences decoded together (or requests in flight per server with --endpoint)."),
+    endpoint: Optional[List[str]] = typer.Option(None, "--endpoint", help="An OpenAI-compatible server URL (llama-server, vLLM, edgeds serve) to send the rows to; "
+                                                 "repeat it to spread the rows over several servers (a row whose server fails goes to another)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEDS_API_KEY", help="API key for --endpoint."),
-    retries: int = typer.Option(8, "--retries", min=0, help="With --endpoint: tries more for a row whose request "
+    retries: int = typer.Option(8, "--retries", min=0, help="With one --endpoint: tries more for a row whose request "
                                 "fails in transport (refused, reset, timeout, 408/429/5xx), with backoff; a row that "
                                 "still fails is not written, so that the next run tries it again."),
+    tries: int = typer.Option(3, "--tries", min=1, help="With several --endpoint: tries of a row, on any servers, before it "
+                              "gets an error row (a failed server gets no rows until it answers again)."),
+    request_timeout: float = typer.Option(600.0, "--request-timeout", min=1.0, help="With --endpoint: seconds a request "
+                                          "may go without a byte from its server before it counts as failed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over instead of resuming."),
     retry_errors: bool = typer.Option(True, "--retry-errors/--no-retry-errors", help="When resuming, run the rows "
                                       "whose output is an error row again (e.g. after fixing those input lines)."),
@@ -62,10 +67,16 @@ def batch(
         raise UsageError("--lora applies to a local model, not to --endpoint")
     defaults = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                                 repeat_penalty=repeat_penalty, seed=seed, grammar=grammar_text)
-    if endpoint:
+    servers = len(endpoint or ())
+    if servers > 1:
+        from edgeds.serving.fleet import Fleet
+
+        backend = Fleet(endpoint, model=model, api_key=api_key, parallel=parallel, timeout=request_timeout, tries=tries)
+    elif endpoint:
         from edgeds.serving.remote import RemoteBackend
 
-        backend = RemoteBackend(endpoint, model=model, api_key=api_key, parallel=parallel, retries=retries)
+        backend = RemoteBackend(endpoint[0], model=model, api_key=api_key, parallel=parallel, timeout=request_timeout,
+                                retries=retries)
     else:
         if not model:
             raise UsageError("give --model (a GGUF file or registry id), or --endpoint URL")
@@ -75,7 +86,7 @@ def batch(
                                  think_prefix=not no_think_prefix, loras=loras)
         print(f"edgeds: {backend.engine.placement}", file=sys.stderr)
     try:
-        summary = run_batch(input_path, output, backend, defaults=defaults, parallel=parallel,
+        summary = run_batch(input_path, output, backend, defaults=defaults, parallel=parallel * max(servers, 1),
                             overwrite=overwrite, retry_errors=retry_errors, progress=progress)
     finally:
         backend.close()

@@ -19,10 +19,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "edgeds batch prompts.jsonl -o answers.jsonl -m r1-distill-qwen-7b --parallel 8",
         "edgeds batch prompts.jsonl -o answers.jsonl -m model.gguf --temperature 0 --max-tokens 2048",
         "edgeds batch prompts.jsonl -o answers.jsonl --endpoint http://127.0.0.1:8080",
+        "edgeds batch prompts.jsonl -o answers.jsonl --endpoint http://gpu1:8080 --endpoint http://gpu2:8080 --tries 3",
     ),
     "serve": (
         "edgeds serve r1-distill-qwen-7b --port 8080",
         "edgeds serve model.gguf --parallel 8 --n-ctx 8192 --api-key secret --host 0.0.0.0",
+        "edgeds serve model.gguf --alias my-model --cors-origin http://localhost:3000",
     ),
     "convert": (
         "edgeds convert deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B -o r1-1.5b.gguf --quant Q4_K_M",

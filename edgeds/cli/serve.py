@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from edgeds.cli._app import app
 from edgeds.cli.options import Loras, MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, parse_loras
+from edgeds.errors import UsageError
 from edgeds.serving.http import HttpLimits
 
 
@@ -33,8 +34,15 @@ def serve(
     read_timeout: float = typer.Option(HttpLimits.read_timeout_s, "--read-timeout", min=0.1,
                                        help="Seconds a client has to send its request headers, and again its body "
                                        "(408 or a closed connection after)."),
+    alias: Optional[str] = typer.Option(None, "--alias", help="The model id /v1/models lists and replies name "
+                                        "(default: the registry id, or the GGUF file's stem). Requests naming "
+                                        "another model are served all the same."),
+    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin", metavar="ORIGIN",
+                                                    help="Let web pages of ORIGIN (e.g. http://localhost:3000, "
+                                                    "or * for any) call the server from a browser; repeatable. "
+                                                    "Default: no CORS."),
 ) -> None:
-    """Serve /v1/chat/completions (streaming too), /v1/models and /health.
+    """Serve /v1/chat/completions and /v1/completions (streaming too), /v1/models and /health.
 
     --top-k, --min-p and --repeat-penalty are the server's defaults for requests that do not set them.
     """
@@ -42,15 +50,21 @@ def serve(
 
     from edgeds.loader import open_scheduler
     from edgeds.runtime.params import GenerationParams
-    from edgeds.serving.server import Server
+    from edgeds.serving.cors import CorsPolicy, check_origin
+    from edgeds.serving.server import Server, model_id_of
 
+    cors = CorsPolicy(tuple(check_origin(origin) for origin in cors_origin or ()))
+    model_id = alias.strip() if alias is not None else model_id_of(model)
+    if not model_id or any(c.isspace() for c in model_id):
+        raise UsageError(f"--alias {alias!r}: give a name without spaces")
     defaults = GenerationParams(top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty)
     scheduler = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx, n_threads=threads, moe_offload=moe_offload,
                                think_prefix=not no_think_prefix, loras=parse_loras(lora))
     try:
         server = Server(scheduler, host=host, port=port, api_key=api_key, defaults=defaults, max_queue=max_queue,
-                        limits=HttpLimits(max_body_bytes=max_body_bytes, read_timeout_s=read_timeout))
-        print(f"edgeds serve: {scheduler.name} on {server.url}/v1 ({parallel} slots × {scheduler.seq_ctx} tokens; "
+                        limits=HttpLimits(max_body_bytes=max_body_bytes, read_timeout_s=read_timeout),
+                        model_id=model_id, cors=cors)
+        print(f"edgeds serve: {model_id} on {server.url}/v1 ({parallel} slots × {scheduler.seq_ctx} tokens; "
               f"{scheduler.engine.placement})"
               + ("" if host in ("127.0.0.1", "localhost", "::1") else "; reachable from the network"),
               file=sys.stderr, flush=True)

@@ -26,6 +26,7 @@ from edgeds.runtime.engine import Engine, PhaseStream
 from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.lora import apply_loras
 from edgeds.runtime.params import GenerationParams
+from edgeds.runtime.rawtext import RawStream, raw_prompt_tokens
 
 DEFAULT_SEQ_CTX = 4096
 
@@ -34,8 +35,9 @@ class Request:
     """One submitted conversation. Iterate `events()` (from any thread) or wait for `result()`."""
 
     def __init__(self, tokens: list[int], opens_think: bool, params: GenerationParams, sampler: Sampler,
-                 on_done: Callable[[Completion], None] | None):
+                 on_done: Callable[[Completion], None] | None, raw: bool = False):
         self.tokens = tokens
+        self.raw = raw  # a raw prompt: plain text out, no reasoning split
         self.opens_think = opens_think
         self.params = params
         self.sampler = sampler
@@ -129,10 +131,11 @@ class Scheduler:
 
     # -- submitting ------------------------------------------------------------------------
 
-    def submit(self, messages: list[dict], params: GenerationParams | None = None,
+    def submit(self, messages: list[dict] | str, params: GenerationParams | None = None,
                on_done: Callable[[Completion], None] | None = None) -> Request:
         """Queue a conversation; it starts as soon as a slot is free. `on_done` gets the
-        Completion on the scheduler's thread (keep it short: hand it to a queue).
+        Completion on the scheduler's thread (keep it short: hand it to a queue). A string
+        instead of messages is a raw prompt (no chat template; plain text out, see rawtext).
 
         The prompt is rendered and tokenized here, so a bad conversation fails at once.
 
@@ -140,7 +143,9 @@ class Scheduler:
             ContextOverflow: the prompt does not fit in one sequence's context.
             EdgedsError: a bad message list, chat template or grammar.
         """
-        tokens, opens_think = self.engine.prompt_tokens(messages)
+        raw = isinstance(messages, str)
+        tokens, opens_think = (raw_prompt_tokens(self.model, messages), False) if raw \
+            else self.engine.prompt_tokens(messages)
         if len(tokens) >= self.seq_ctx:
             raise ContextOverflow(
                 f"the prompt is {len(tokens)} tokens but a sequence's context holds {self.seq_ctx}"
@@ -148,7 +153,8 @@ class Scheduler:
         params = self.engine.defaults.apply(params)
         if params.grammar:
             check_grammar(params.grammar)
-        request = Request(tokens, opens_think, params, Sampler(self.model, SamplingParams.of(params)), on_done)
+        request = Request(tokens, opens_think, params, Sampler(self.model, SamplingParams.of(params)), on_done,
+                          raw=raw)
         with self._wake:
             if self._closing:
                 request.sampler.close()
@@ -195,8 +201,9 @@ class Scheduler:
             request = self._waiting.popleft()
             seq = free.pop(0)
             self.ctx.forget(seq)
-            self._slots[seq] = _Slot(seq, request, PhaseStream(self.model, request.opens_think,
-                                                                self.engine.reasoning_template))
+            phases = RawStream(self.model) if request.raw else \
+                PhaseStream(self.model, request.opens_think, self.engine.reasoning_template)
+            self._slots[seq] = _Slot(seq, request, phases)  # type: ignore[arg-type]
 
     def _step(self) -> None:
         items: list[tuple[int, int, int, bool]] = []

@@ -69,6 +69,8 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
+    # optional: `server_counts() -> list[dict]`, per server of a fleet (rows, tokens, …) for the summary
+
 
 # ---------------------------------------------------------------------------------------------
 # Reading and validating input
@@ -365,6 +367,7 @@ class Summary:
     unfinished: int = 0  # rows not written: the backend gave up on them (a server that stayed unreachable)
     unfinished_reason: str | None = None  # why the first of them was given up
     retried: int = 0  # rows run again because their output was an error row (counted in completed or errors)
+    servers: tuple[dict, ...] = ()  # a fleet's: per server, its url, rows, failed_tries, tokens, tok_per_s
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -376,7 +379,10 @@ class Summary:
         retried = f" ({self.retried} error rows of an earlier run retried)" if self.retried else ""
         return (f"edgeds batch: {state}: {self.completed} ok, {self.errors} errors{left}, {self.skipped} already done "
                 f"of {self.rows} rows{retried} in {self.elapsed_s:.1f} s · {self.rows_per_s:.2f} rows/s · "
-                f"{self.tok_per_s:.1f} tok/s → {self.output}")
+                f"{self.tok_per_s:.1f} tok/s → {self.output}"
+                + "".join(f"\n  {s['url']}: {s['rows']} rows · {s['tok_per_s']:.1f} tok/s"
+                          + (f" · {s['failed_tries']} failed tries" if s["failed_tries"] else "")
+                          + ("" if s.get("up", True) else " · down") for s in self.servers))
 
 
 def run_batch(
@@ -470,13 +476,15 @@ def run_batch(
         put_in_input_order(output_path, rows)
     elapsed = time.perf_counter() - t0
     done = completed + errors
+    servers = tuple({**counts, "tok_per_s": round(counts["tokens"] / elapsed, 2) if elapsed > 0 else 0.0}
+                    for counts in getattr(backend, "server_counts", list)())
     return Summary(
         output=str(output_path), rows=len(rows), skipped=len(rows) - len(todo), completed=completed,
         errors=errors, generated_tokens=tokens, elapsed_s=round(elapsed, 3),
         rows_per_s=round(done / elapsed, 3) if elapsed > 0 else 0.0,
         tok_per_s=round(tokens / elapsed, 2) if elapsed > 0 else 0.0, interrupted=interrupted,
         unfinished=unfinished, unfinished_reason=unfinished_reason,
-        retried=sum(id_key(row.id) in writer.retried_ids for row in todo),
+        retried=sum(id_key(row.id) in writer.retried_ids for row in todo), servers=servers,
     )
 
 

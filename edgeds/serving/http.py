@@ -26,6 +26,9 @@ from typing import Callable
 JSON_TYPES = ("application/json",)  # no text/plain or form types: those skip a browser's CORS preflight
 LINGER_S = 2.0  # after an early error reply, how long the rest of an unread body is drained
 _CHUNK = 64 * 1024
+CHUNK_LINE_BYTES = 1024  # a chunked body's size line (with its extensions), and each trailer line
+TRAILER_BYTES = 8192  # all trailer lines of a chunked body
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 @dataclass(frozen=True)
@@ -166,14 +169,14 @@ def read_body(headers: Message, reader: TimedReader, limits: HttpLimits) -> byte
 def _read_chunked(reader: TimedReader, limits: HttpLimits) -> bytes:
     body = bytearray()
     while True:
-        line = reader.readline(1024)
+        line = reader.readline(CHUNK_LINE_BYTES)
+        if not line.endswith(b"\n"):
+            raise HttpError(400, "the chunked body ended early, or a chunk-size line is over "
+                            f"{CHUNK_LINE_BYTES} bytes")
         size_field = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_field, 16)
-        except ValueError:
-            raise HttpError(400, f"a malformed chunk size {size_field[:20]!r}") from None
-        if size < 0:
-            raise HttpError(400, "a negative chunk size")
+        if not size_field or size_field.strip(_HEX_DIGITS):  # int() would also take "0x1f", "+5", "1_0"
+            raise HttpError(400, f"a malformed chunk size {size_field[:20]!r}")
+        size = int(size_field, 16)
         if len(body) + size > limits.max_body_bytes:
             raise _too_large(limits)
         if size == 0:
@@ -182,8 +185,11 @@ def _read_chunked(reader: TimedReader, limits: HttpLimits) -> bytes:
         if len(chunk) < size or reader.readline(2) not in (b"\r\n", b"\n"):
             raise HttpError(400, "the chunked body ended early or is malformed")
         body += chunk
-    while reader.readline(8192) not in (b"\r\n", b"\n", b""):  # trailer fields, ignored
-        pass
+    trailer = 0
+    while (line := reader.readline(CHUNK_LINE_BYTES)) not in (b"\r\n", b"\n"):  # trailer fields, ignored
+        trailer += len(line)
+        if not line.endswith(b"\n") or trailer > TRAILER_BYTES:
+            raise HttpError(400, f"the chunked body's trailer is malformed or over {TRAILER_BYTES} bytes")
     return bytes(body)
 
 

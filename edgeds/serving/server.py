@@ -3,7 +3,14 @@
 - `POST /v1/chat/completions`, streamed (SSE) or not. The reasoning comes split out as
   `reasoning_content`, as DeepSeek's API and llama-server do, the answer as `content`, and
   `usage` counts reasoning tokens in `completion_tokens_details.reasoning_tokens`.
-- `GET /v1/models`, `GET /health`.
+- `POST /v1/completions` (OpenAI's legacy text completions): a raw prompt, no chat template,
+  its continuation as `text` (edgeds.serving.completions).
+- `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`. The model's id is `--alias`, or by
+  default the registry id or the GGUF file's stem; a request naming another `model` is served
+  all the same (as llama-server does), and replies name the served id.
+- CORS is off unless `--cors-origin` lists origins (edgeds.serving.cors): then preflights
+  (`OPTIONS`) from them are answered without the API key and every reply to them carries
+  Access-Control-Allow-Origin.
 - Concurrent requests share the scheduler's slots; one that finds them all busy waits its
   turn, and none interrupts another. When more requests wait than `max_queue`, a new one gets
   503 with Retry-After. A client that hangs up, while its reply streams or while it waits for
@@ -34,6 +41,8 @@ import uuid
 from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
 
 from edgeds.errors import ContextOverflow, EdgedsError, UsageError
 from edgeds.events import Answer, Done, Reasoning
@@ -41,12 +50,24 @@ from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.request import RequestError, check_messages, sampling_params
 from edgeds.runtime.scheduler import Scheduler
+from edgeds.serving.completions import BadBody, TextReply, parse_completion
+from edgeds.serving.cors import CorsPolicy
 from edgeds.serving.http import (HangupWatch, HttpError, HttpLimits, TimedReader, body_length, check_json_type,
                                  linger, read_body)
 from edgeds.serving.openai import error_body, finish_reason, thinking_flag, usage
 
 QUEUE_PER_SLOT = 4  # default --max-queue: requests that may wait, per slot
 RETRY_AFTER_S = 1
+POST_ROUTES = ("/v1/chat/completions", "/v1/completions")
+GET_ROUTES = ("/health", "/v1/models")  # and /v1/models/{id}
+
+
+def model_id_of(spec: str | Path) -> str:
+    """The id a model is served as by default: a GGUF file's stem, or the registry id as given,
+    without spaces."""
+    path = Path(spec)
+    name = path.stem if path.suffix == ".gguf" or path.is_file() else str(spec)
+    return "-".join(name.split()) or "model"
 
 
 class ApiError(Exception):
@@ -104,16 +125,19 @@ class Server:
         defaults: fill the sampling fields a request leaves out (before the model's own defaults).
         max_queue: requests that may wait for a slot; one more gets 503 (default 4 per slot).
         limits: what one request may send, and how long it may take to send it.
+        model_id: the id served (default: the GGUF file's stem).
+        cors: the origins whose web pages may call the server (default: none).
     """
 
     def __init__(self, scheduler: Scheduler, *, host: str = "127.0.0.1", port: int = 8080,
                  api_key: str | None = None, model_id: str | None = None,
                  defaults: GenerationParams = GenerationParams(), max_queue: int | None = None,
-                 limits: HttpLimits = HttpLimits()):
+                 limits: HttpLimits = HttpLimits(), cors: CorsPolicy = CorsPolicy()):
         self.scheduler = scheduler
         self.defaults = defaults
         self.api_key = api_key
-        self.model_id = model_id or scheduler.name
+        self.model_id = model_id or model_id_of(scheduler.engine.model.path)
+        self.cors = cors
         self.created = int(time.time())
         self.limits = limits
         self.max_queue = QUEUE_PER_SLOT * scheduler.parallel if max_queue is None else max_queue
@@ -186,6 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         self.rfile.arm(self.server_state.limits.read_timeout_s)  # the request line and headers
         self.body_unread = False
+        self.headers = None  # type: ignore[assignment] # not the previous request's, for the CORS headers
         try:
             super().handle_one_request()
         except OSError:  # the client reset the connection (a timeout is handled inside)
@@ -209,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "POST":
             return
         self._authorize()
-        if path != "/v1/chat/completions":
+        if path not in POST_ROUTES:
             raise ApiError(404, f"no route POST {path}", code="not_found")
         try:
             check_json_type(self.headers)
@@ -228,9 +253,17 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing ---------------------------------------------------------------------------
 
     def do_GET(self) -> None:  # noqa: N802
+        self._mark_bodiless()
+        self._handle(lambda: self._get(self._path()))
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._mark_bodiless()
+        self._handle(lambda: self._preflight(self._path()))
+
+    def _mark_bodiless(self) -> None:
+        """A request that should have no body: one that has one is not read, and closes the connection."""
         declared = self.headers.get("Content-Length") not in (None, "0")
         self.body_unread = declared or bool(self.headers.get("Transfer-Encoding"))
-        self._handle(lambda: self._get(self._path()))
 
     def do_POST(self) -> None:  # noqa: N802
         self.body_unread = True
@@ -265,14 +298,45 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"status": "ok"})
             return
         self._authorize()
+        model = {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "edgeds"}
         if path == "/v1/models":
-            self._json(200, {"object": "list", "data": [
-                {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "edgeds"}]})
+            self._json(200, {"object": "list", "data": [model]})
+            return
+        if path.startswith("/v1/models/"):
+            wanted = unquote(path[len("/v1/models/"):])
+            if wanted != state.model_id:
+                raise ApiError(404, f"the model {wanted!r} does not exist (this server serves {state.model_id!r})",
+                               param="model", code="model_not_found")
+            self._json(200, model)
             return
         raise ApiError(404, f"no route GET {path}", code="not_found")
 
+    def _preflight(self, path: str) -> None:
+        """A browser's CORS preflight: answered for allowed origins, without the API key."""
+        cors = self.server_state.cors
+        if not cors.enabled:
+            raise ApiError(405, "OPTIONS is not answered: CORS is off (see edgeds serve --cors-origin)",
+                           code="method_not_allowed", headers={"Allow": "GET, POST"})
+        if path not in POST_ROUTES + GET_ROUTES and not path.startswith("/v1/models/"):
+            raise ApiError(404, f"no route {path}", code="not_found")
+        origin = self.headers.get("Origin")
+        if cors.allowed(origin) is None:
+            raise ApiError(403, f"the origin {origin!r} may not call this server (see edgeds serve --cors-origin)"
+                           if origin else "a CORS preflight needs an Origin header", code="origin_not_allowed")
+        self.send_response(204)
+        for name, value in cors.preflight_headers().items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        if self.body_unread:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+
     def _post(self, path: str) -> None:
         self._check_head(path)
+        if path == "/v1/completions":
+            self._post_text()
+            return
         state = self.server_state
         messages, params, stream, include_usage = parse_request(self._read_body(), state.defaults)
         state.admit()
@@ -294,6 +358,78 @@ class _Handler(BaseHTTPRequestHandler):
                 request.cancel()  # a no-op once it finished; frees the slot if this thread failed
         finally:
             state.release()
+
+    def _post_text(self) -> None:
+        """POST /v1/completions: a raw prompt (no chat template), its continuation as `text`."""
+        state = self.server_state
+        try:
+            text = parse_completion(self._read_body(), state.defaults)
+        except BadBody as err:
+            raise ApiError(400, str(err)) from None
+        except RequestError as err:
+            raise ApiError(400, str(err), param=err.key) from None
+        state.admit()
+        try:
+            try:
+                request = state.scheduler.submit(text.prompt, text.params)
+            except ContextOverflow as err:
+                raise ApiError(400, str(err), param="prompt", code="context_length_exceeded") from None
+            except EdgedsError as err:
+                raise ApiError(400, str(err), param="grammar" if str(err).startswith("the grammar") else "prompt"
+                               ) from None
+            watch = state.hangups.watch(self.connection, request.cancel)
+            try:
+                reply = TextReply(state.model_id)
+                if text.stream:
+                    self._stream_text(request, reply, text.include_usage)
+                else:
+                    completion = request.result()
+                    self._check_finished(completion.stats)
+                    self._json(200, reply.whole(completion.answer, completion.stats))
+            finally:
+                state.hangups.unwatch(watch)
+                request.cancel()
+        finally:
+            state.release()
+
+    def _stream_text(self, request, reply: TextReply, include_usage: bool) -> None:
+        self._start_events()
+        for event in request.events():
+            if isinstance(event, Answer):
+                self._event(reply.chunk(event.text))
+            elif isinstance(event, Done):
+                if event.stats.finish_reason == "error":
+                    self._event(error_body(event.stats.error or "generation failed", type="server_error"))
+                else:
+                    self._event(reply.chunk("", event.stats))
+                    if include_usage:
+                        self._event(reply.usage_chunk(event.stats))
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+    @staticmethod
+    def _check_finished(stats) -> None:
+        """ApiError for a whole reply that did not come to its end."""
+        if stats.finish_reason == "error":
+            raise ApiError(500, stats.error or "generation failed", type="server_error")
+        if stats.finish_reason == "cancelled":  # the client hung up, or the server is stopping
+            raise ApiError(503, "the request was cancelled", type="server_error", code="cancelled",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    def _start_events(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """Every reply, errors and event streams included, with the CORS headers its origin gets."""
+        super().send_response(code, message)
+        origin = self.headers.get("Origin") if self.headers is not None else None
+        for name, value in self.server_state.cors.headers(origin).items():
+            self.send_header(name, value)
 
     def _authorize(self) -> None:
         key = self.server_state.api_key

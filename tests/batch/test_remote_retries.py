@@ -25,7 +25,7 @@ class FlakyServer:
     """An OpenAI-compatible fake: `script(prompt, try_number)` says what each request gets:
     "ok", "reset", "503", "broken" (one chunk, then the connection closes) or "400"."""
 
-    def __init__(self, script):
+    def __init__(self, script, port: int = 0):
         self.script = script
         self.tries: Counter[str] = Counter()
         lock = threading.Lock()
@@ -73,7 +73,7 @@ class FlakyServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
