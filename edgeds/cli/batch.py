@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, read_grammar
+from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty, Threads, TopK, read_grammar
 from edgeds.errors import UsageError
 
 
@@ -35,6 +35,7 @@ def batch(
     top_k: Optional[int] = TopK,
     min_p: Optional[float] = MinP,
     repeat_penalty: Optional[float] = RepeatPenalty,
+    reasoning_budget: Optional[int] = ReasoningBudget,
     seed: Optional[int] = typer.Option(None, "--seed", help="Default seed for rows without one, for repeatable rows (the same with any --parallel on quantized models)."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", min=256, help="Context length of each sequence (default 4096)."),
     threads: Optional[int] = Threads,
@@ -56,7 +57,8 @@ def batch(
     check_paths(input_path, output)
     grammar_text = read_grammar(grammar)
     defaults = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                                repeat_penalty=repeat_penalty, seed=seed, grammar=grammar_text)
+                                repeat_penalty=repeat_penalty, seed=seed, grammar=grammar_text,
+                                reasoning_budget=reasoning_budget)
     if endpoint:
         from edgeds.serving.remote import RemoteBackend
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, read_grammar
+from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty, Threads, TopK, read_grammar
 from edgeds.errors import UsageError
 
 
@@ -41,6 +41,7 @@ def chat(
     top_k: Optional[int] = TopK,
     min_p: Optional[float] = MinP,
     repeat_penalty: Optional[float] = RepeatPenalty,
+    reasoning_budget: Optional[int] = ReasoningBudget,
     threads: Optional[int] = Threads,
     no_think_prefix: bool = NoThinkPrefix,
 ) -> None:
@@ -60,7 +61,7 @@ def chat(
 
     parse_moe_offload(moe_offload)
     params = GenerationParams(max_tokens=max_tokens, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
-                              grammar=read_grammar(grammar))
+                              grammar=read_grammar(grammar), reasoning_budget=reasoning_budget)
     resolved = fetch_model(model, pull="ask")  # downloads (checked, asking first) before the UI starts
     if warning := context_warning(resolved.path, n_ctx):
         print(warning, file=sys.stderr)

@@ -27,6 +27,8 @@ MinP = typer.Option(None, "--min-p", min=0.0, max=1.0, help="Drop tokens below t
                     "one's probability (model default: 0.05).")
 RepeatPenalty = typer.Option(None, "--repeat-penalty", min=1.0, max=2.0, help="Penalise tokens seen in the last "
                              "64 (1.0: off, the default of registry models; 1.1 for other GGUFs).")
+ReasoningBudget = typer.Option(None, "--reasoning-budget", min=0, metavar="N", help="Most reasoning tokens; then "
+                               "the think block is closed for the model and it answers (0: answer at once).")
 
 
 def read_grammar(path: Path | None) -> str | None:
@@ -44,3 +46,27 @@ def read_grammar(path: Path | None) -> str | None:
     except UsageError as err:
         raise UsageError(f"{path}: {err}") from None
     return text
+
+
+def read_json_schema(path: Path | None) -> str | None:
+    """The grammar of a `--json-schema FILE` (a JSON schema), or a usage error naming the file."""
+    if path is None:
+        return None
+    import json
+
+    from edgeds.runtime.structured import schema_grammar
+
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read the JSON schema ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: the JSON schema is not UTF-8 text (byte {err.start})") from None
+    except ValueError as err:
+        raise UsageError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: not valid JSON (nested too deeply)") from None
+    try:
+        return schema_grammar(schema)
+    except UsageError as err:
+        raise UsageError(f"{path}: {err}") from None

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK
+from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty, Threads, TopK
 from edgeds.serving.http import HttpLimits
 
 
@@ -23,6 +23,7 @@ def serve(
     top_k: Optional[int] = TopK,
     min_p: Optional[float] = MinP,
     repeat_penalty: Optional[float] = RepeatPenalty,
+    reasoning_budget: Optional[int] = ReasoningBudget,
     no_think_prefix: bool = NoThinkPrefix,
     moe_offload: str = MoeOffload,
     max_queue: Optional[int] = typer.Option(None, "--max-queue", min=0, help="Requests that may wait for a slot; "
@@ -43,7 +44,8 @@ def serve(
     from edgeds.runtime.params import GenerationParams
     from edgeds.serving.server import Server
 
-    defaults = GenerationParams(top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty)
+    defaults = GenerationParams(top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
+                                reasoning_budget=reasoning_budget)
     scheduler = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx, n_threads=threads, moe_offload=moe_offload,
                                think_prefix=not no_think_prefix)
     try:
