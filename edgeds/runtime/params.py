@@ -16,7 +16,7 @@ class GenerationParams:
     min_p: float | None = None          # 0: off
     repeat_penalty: float | None = None  # 1: off; over the last REPEAT_LAST_N tokens
     seed: int | None = None
-    grammar: str | None = None  # GBNF text; constrains the answer (after the think block, if any)
+    grammar: str | None = None  # GBNF text; constrains the answer (after the think block; see runtime.sequence)
     stop: tuple[str, ...] | None = None  # answer text that ends the generation, never shown
     presence_penalty: float | None = None  # 0: off
     frequency_penalty: float | None = None  # 0: off

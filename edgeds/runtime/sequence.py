@@ -4,7 +4,9 @@ The Engine and the Scheduler draw and push every token through one of these; it 
 request asks of each token besides its text:
 - the grammar constrains the ANSWER: where the prompt opened a think block, the grammar
   sampler joins when the block closes (`</think>`) and is fed the answer tokens only, so an R1
-  model still thinks first; otherwise it applies from the first token;
+  model still thinks first; otherwise it applies from the first token. A grammar that spells
+  out `</think>` itself was written for the whole reply, think block included, and applies
+  from the first token too (how the tests make a tiny random model reason in a given shape);
 - `reasoning_budget`: after that many reasoning tokens the engine itself appends the tokens of
   "\\n</think>\\n\\n" (decoded like sampled tokens, shown as the end of the reasoning) and the
   model goes on with the answer; 0 closes the block at once;
@@ -27,6 +29,7 @@ from edgeds.llamacpp.binding import Context, Model, Sampler, SamplingParams
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.request import RequestError
 
+CLOSE_TAG = "</think>"
 CLOSE_THINK = "\n</think>\n\n"  # what the engine appends when the reasoning budget is spent
 
 
@@ -101,12 +104,15 @@ class Sequence:
                 raise RequestError("logit_bias", f"logit_bias: token id {token} is not in the vocabulary "
                                                  f"(0..{model.n_vocab - 1})")
         constrained = Sampler(model, SamplingParams.of(params)) if params.grammar else None
-        self._plain = Sampler(model, SamplingParams.of(params, grammar=False)) if opens_think or not constrained \
+        after_think = opens_think and constrained is not None and CLOSE_TAG not in params.grammar
+        self._plain = Sampler(model, SamplingParams.of(params, grammar=False)) if after_think or not constrained \
             else None
         self._constrained = constrained
         self._sampler = self._plain or constrained  # the grammar waits for the think block to close
         self._forced: list[int] = []
-        self._budget_spent = params.reasoning_budget is None
+        # a grammar that applies from the first token shapes the think block itself: forcing
+        # tokens past it would break it (llama.cpp aborts on a token its grammar refuses)
+        self._budget_spent = params.reasoning_budget is None or self._sampler is constrained
         self._stops = StopMatcher(params.stop) if params.stop else None
         self._top_n = (params.top_logprobs or 0) if params.logprobs else -1  # -1: no logprobs
         self._pending: dict[type, list[TokenLogprob]] = {Reasoning: [], Answer: []}
