@@ -295,3 +295,49 @@ def test_every_openai_field_is_honoured_or_refused_by_name(smol):
         assert status == 400 and reply["error"]["param"] == field
     for field in EXTENSIONS:
         assert field not in OPENAI_FIELDS
+
+
+# -- batch rows and `edgeds run --json-schema` ---------------------------------------------------
+
+
+def test_batch_rows_with_response_format_and_stop(smol, greedy, tmp_path):
+    from edgeds.runtime import GenerationParams
+    from edgeds.serving.batch import run_batch
+
+    stop, before = _split_stop([entry.token for entry in greedy.logprobs.content])
+    rows = [
+        {"id": "json", "prompt": "Weather in Paris?", "max_tokens": 40, "seed": 1, "response_format": FORMAT},
+        {"id": "stop", "messages": HI, "max_tokens": 24, "temperature": 0, "repeat_penalty": 1.0, "stop": stop},
+        {"id": "bad", "prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"schema": []}}},
+        {"id": "lp", "prompt": "x", "logprobs": True},
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = run_batch(src, tmp_path / "out.jsonl", smol.scheduler, defaults=GenerationParams(), parallel=2)
+    out = {row["id"]: row for row in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert (summary.completed, summary.errors) == (2, 2)
+    _valid_json(out["json"]["answer"])
+    assert out["stop"]["answer"] == before.strip() and out["stop"]["finish_reason"] == "stop"
+    assert "line 3" in out["bad"]["error"] and "response_format" in out["bad"]["error"]
+    assert "line 4" in out["lp"]["error"] and "'logprobs'" in out["lp"]["error"]
+
+
+def test_run_json_schema(smollm2_path, tmp_path, capsys):
+    from tests.cli_helpers import cli
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMA))
+    code, out, err = cli(["run", smollm2_path, "Weather in Paris?", "--json-schema", schema, "--max-tokens", 40,
+                          "--seed", 3], capsys)
+    assert code == 0, err
+    _valid_json(out)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"type": "object", "properties": {"a": {"type": "nonsense"}}}')
+    code, out, err = cli(["run", smollm2_path, "x", "--json-schema", bad], capsys)
+    assert code != 0 and str(bad) in err and "Traceback" not in err
+    broken = tmp_path / "broken.json"
+    broken.write_text("{nope")
+    code, out, err = cli(["run", smollm2_path, "x", "--json-schema", broken], capsys)
+    assert code != 0 and str(broken) in err and "not valid JSON" in err
+    code, out, err = cli(["run", smollm2_path, "x", "--json-schema", schema, "--grammar", schema], capsys)
+    assert code != 0 and "--json-schema" in err

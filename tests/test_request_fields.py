@@ -1,0 +1,86 @@
+"""The request fields' checks and the per-sequence text rules, without a model."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeds.runtime.request import RequestError, check_messages, sampling_params
+from edgeds.runtime.sequence import StopMatcher
+from edgeds.runtime.structured import SchemaError, response_format_grammar, schema_grammar
+from edgeds.serving.chat_fields import OPENAI_FIELDS, check_fields
+
+
+def test_fields_become_params():
+    params = sampling_params({"stop": "END", "presence_penalty": 1.5, "frequency_penalty": -0.5,
+                              "logit_bias": {"12": -100, "3": 4.5}, "logprobs": True, "top_logprobs": 5,
+                              "reasoning_budget": 0})
+    assert params.stop == ("END",) and params.presence_penalty == 1.5 and params.frequency_penalty == -0.5
+    assert params.logit_bias == ((3, 4.5), (12, -100.0))
+    assert params.logprobs is True and params.top_logprobs == 5 and params.reasoning_budget == 0
+    assert sampling_params({"response_format": {"type": "text"}}).grammar is None
+    assert "root" in sampling_params({"response_format": {"type": "json_object"}}).grammar
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stop": [""]}, "stop"),
+    ({"stop": "x" * 300}, "stop"),
+    ({"stop": 5}, "stop"),
+    ({"presence_penalty": 3}, "presence_penalty"),
+    ({"frequency_penalty": "high"}, "frequency_penalty"),
+    ({"logit_bias": {"abc": 1}}, "logit_bias"),
+    ({"logit_bias": {"1": 101}}, "logit_bias"),
+    ({"logit_bias": {str(i): 1 for i in range(2000)}}, "logit_bias"),
+    ({"logit_bias": []}, "logit_bias"),
+    ({"logprobs": "yes"}, "logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"reasoning_budget": -1}, "reasoning_budget"),
+    ({"response_format": {"type": "json_schema"}}, "response_format"),
+    ({"response_format": {"type": "json_object"}, "grammar": "root ::= \"a\""}, "response_format"),
+    ({"grammar": 3}, "grammar"),
+])
+def test_bad_fields_are_named(data, key):
+    with pytest.raises(RequestError) as exc:
+        sampling_params(data)
+    assert exc.value.key == key
+
+
+def test_developer_is_system():
+    assert check_messages([{"role": "developer", "content": "be brief"}])[0]["role"] == "system"
+
+
+def test_field_table_refuses_what_it_cannot_do():
+    check_fields({"messages": [], "user": "u", "store": True, "tools": [], "tool_choice": "none", "audio": None,
+                  "modalities": ["text"], "grammar": "x", "reasoning_budget": 3})
+    for key, value in [("tools", [{"type": "function"}]), ("audio", {}), ("reasoning_effort", "low"),
+                       ("best_of", 2), ("stream_options", {"bogus": 1})]:
+        with pytest.raises(RequestError) as exc:
+            check_fields({key: value})
+        assert exc.value.key == key
+    assert all(f.note for f in OPENAI_FIELDS.values())
+
+
+def test_stop_matcher_across_pieces():
+    stops = StopMatcher(("lo w", "zz"))
+    assert stops.feed("hex") == "hex"
+    assert stops.feed("lo") == ""  # could be the start of "lo w"
+    assert stops.feed(" wor") == "" and stops.stopped
+    assert stops.feed("ld") == "" and stops.finish() == ""
+    stops = StopMatcher(("abc",))
+    assert stops.feed("xab") == "x" and stops.feed("d") == "abd" and stops.finish() == ""
+    stops = StopMatcher(("abc",))
+    assert stops.feed("ab") == "" and stops.finish() == "ab"  # held text that never became a stop comes out
+
+
+def test_schemas_bounded_before_the_converter():
+    assert "root" in schema_grammar({"type": "object", "properties": {"a": {"type": "integer"}}})
+    deep: dict = {}
+    for _ in range(40):
+        deep = {"type": "array", "items": deep}
+    for schema in [{"type": "string", "minLength": 10 ** 8}, {"type": "string", "pattern": "^a{99999}$"},
+                   {"$ref": "https://example.com/s.json"}, {"type": "nonsense"}, [], {"enum": []}, deep]:
+        with pytest.raises(SchemaError):
+            schema_grammar(schema)
+    with pytest.raises(SchemaError):
+        response_format_grammar({"type": "json_schema", "json_schema": {"schema": {}, "extra": 1}})
