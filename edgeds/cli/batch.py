@@ -16,8 +16,10 @@ from edgeds.errors import UsageError
 @app.command("batch")
 def batch(
     input_path: Path = typer.Argument(..., metavar="IN.jsonl", help='Rows {"id", "prompt"} or {"id", "messages"}; optional '
-                                      "max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, system, "
-                                      "and metadata (an object copied to the output row)."),
+                                      "system, metadata (an object copied to the output row) and the request fields "
+                                      "of serve: max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, "
+                                      "stop, presence_penalty, frequency_penalty, logit_bias, response_format, "
+                                      "grammar, reasoning_budget."),
     output: Path = typer.Option(..., "--output", "-o", metavar="OUT.jsonl", help="Output rows, in input order; an existing file is resumed."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A GGUF file or registry id; with --endpoint, the server's model name."),
     parallel: int = typer.Option(4, "--parallel", "-p", min=1, max=64, help="Sequences decoded together (or requests in flight with --endpoint)."),

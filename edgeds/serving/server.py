@@ -4,6 +4,9 @@
   `reasoning_content`, as DeepSeek's API and llama-server do, the answer as `content`, and
   `usage` counts reasoning tokens in `completion_tokens_details.reasoning_tokens`.
 - `GET /v1/models`, `GET /health`.
+- Every field of OpenAI's request is honoured, ignored where that cannot change the reply, or
+  refused with a 400 naming it (edgeds.serving.chat_fields); `n` choices run as n sequences
+  (seed, seed+1, …) and stream with their index; `logprobs` come per answer token.
 - Concurrent requests share the scheduler's slots; one that finds them all busy waits its
   turn, and none interrupts another. When more requests wait than `max_queue`, a new one gets
   503 with Retry-After. A client that hangs up, while its reply streams or while it waits for
