@@ -84,3 +84,29 @@ def test_schemas_bounded_before_the_converter():
             schema_grammar(schema)
     with pytest.raises(SchemaError):
         response_format_grammar({"type": "json_schema", "json_schema": {"schema": {}, "extra": 1}})
+
+
+def test_mutated_requests_get_400_or_pass():
+    """Random damage to a request that uses every field: parse_chat answers with params or an
+    ApiError 400 naming a field, never anything else."""
+    import json
+    import random
+
+    from edgeds.serving.server import ApiError, parse_chat
+    from tests.test_fuzz import mutate_json
+
+    base = {"messages": [{"role": "developer", "content": "x"}, {"role": "user", "content": [{"type": "text", "text": "y"}]}],
+            "stop": ["a", "b"], "logit_bias": {"5": 1}, "logprobs": True, "top_logprobs": 2, "n": 2,
+            "presence_penalty": 0.5, "frequency_penalty": 0.5, "reasoning_budget": 3, "stream": True,
+            "stream_options": {"include_usage": True}, "tools": [], "user": "u",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {
+                "type": "object", "properties": {"a": {"type": "string", "maxLength": 5}}}}}}
+    rng = random.Random(12)
+    for case in range(1500):
+        body = base
+        for _ in range(rng.randint(1, 3)):
+            body = mutate_json(body, rng)
+        try:
+            parse_chat(json.dumps(body).encode(), max_n=4)
+        except ApiError as err:
+            assert err.status == 400 and "\n" not in err.body["error"]["message"], (case, body)

@@ -60,7 +60,8 @@ def check_messages(messages: Any) -> list[dict]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise RequestError(f"messages[{i}]", f"messages[{i}] must be an object, not {type_name(message)}")
-        role = ROLE_ALIASES.get(message.get("role"), message.get("role"))
+        role = message.get("role")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
         if role not in ROLES:
             raise RequestError(f"messages[{i}].role",
                                f"messages[{i}].role must be one of {', '.join([*ROLES, *ROLE_ALIASES])}")
