@@ -341,3 +341,20 @@ def test_run_json_schema(smollm2_path, tmp_path, capsys):
     assert code != 0 and str(broken) in err and "not valid JSON" in err
     code, out, err = cli(["run", smollm2_path, "x", "--json-schema", schema, "--grammar", schema], capsys)
     assert code != 0 and "--json-schema" in err
+
+
+def test_run_reasoning_budget_then_json_schema_on_r1(tiny_r1_gguf, tmp_path, capsys):
+    """The Engine's path: reasoning first, closed by the budget, then the schema's JSON."""
+    from tests.cli_helpers import cli
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMA))
+    code, out, err = cli(["run", tiny_r1_gguf, "Hi", "--json", "--json-schema", schema, "--reasoning-budget", 4,
+                          "--max-tokens", 80, "--seed", 2], capsys)
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "reasoning" and kinds[-1] == "done" and "reasoning" not in kinds[kinds.index("answer"):]
+    _valid_json("".join(e["text"] for e in events if e["type"] == "answer"))
+    stats = events[-1]["stats"]
+    assert stats["finish_reason"] == "stop" and stats["reasoning_tokens"] <= 4 + 3
