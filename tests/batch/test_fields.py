@@ -252,11 +252,14 @@ FIELD_PROBES = {
     "max_tokens": (2, lambda r: r["usage"]["completion_tokens"] == 2),
     "metadata": ({"k": "v"}, lambda r: r["choices"]),
     "modalities": (["text", "audio"], None),
+    "moderation": ({"model": "omni-moderation-latest"}, None),
     "n": (2, lambda r: len(r["choices"]) == 2),
     "parallel_tool_calls": ("yes", None),
     "prediction": ({"type": "content", "content": "x"}, None),
     "presence_penalty": (2.0, lambda r: r["choices"][0]["message"]["content"]),
     "prompt_cache_key": ("k", lambda r: r["choices"]),
+    "prompt_cache_options": ({}, lambda r: r["choices"]),
+    "prompt_cache_retention": ("24h", lambda r: r["choices"]),
     "reasoning_effort": ("low", None),
     "response_format": ({"type": "json_object"}, lambda r: r["choices"][0]["message"]["content"].lstrip()[:1] == "{"),
     "safety_identifier": ("u1", lambda r: r["choices"]),
@@ -275,6 +278,15 @@ FIELD_PROBES = {
     "verbosity": ("high", None),
     "web_search_options": ({}, None),
 }
+
+
+def test_the_table_has_every_field_of_the_openai_client():
+    import typing
+
+    from openai.types.chat import completion_create_params
+
+    fields = set(typing.get_type_hints(completion_create_params.CompletionCreateParamsBase)) | {"stream"}
+    assert fields <= set(OPENAI_FIELDS), fields - set(OPENAI_FIELDS)
 
 
 def test_every_openai_field_is_honoured_or_refused_by_name(smol):
