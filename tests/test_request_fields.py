@@ -110,3 +110,25 @@ def test_mutated_requests_get_400_or_pass():
             parse_chat(json.dumps(body).encode(), max_n=4)
         except ApiError as err:
             assert err.status == 400 and "\n" not in err.body["error"]["message"], (case, body)
+
+
+def test_token_logprob_is_torchs_log_softmax():
+    """The logprob math against torch's log_softmax and topk (an independent implementation)."""
+    import numpy as np
+    import torch
+
+    from edgeds.runtime.sequence import token_logprob
+
+    class Pieces:  # what token_logprob asks of a model: each token's bytes
+        def token_piece(self, token, special=False):
+            return f"<{token}>".encode()
+
+    logits = np.random.default_rng(3).normal(0, 4, 5000).astype(np.float32)
+    entry = token_logprob(Pieces(), logits, 17, 5)
+    want = torch.log_softmax(torch.from_numpy(logits).double(), dim=0)
+    assert abs(entry.logprob - float(want[17])) < 1e-4
+    values, ids = torch.topk(want, 5)
+    assert [t.token for t in entry.top_logprobs] == [f"<{i}>" for i in ids.tolist()]
+    assert np.allclose([t.logprob for t in entry.top_logprobs], values.numpy(), atol=1e-4)
+    assert entry.token == "<17>" and bytes(entry.bytes) == b"<17>"
+    assert token_logprob(Pieces(), logits, 17, 0).top_logprobs == ()
