@@ -41,14 +41,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 from edgeds.errors import ContextOverflow, EdgedsError
-from edgeds.events import Answer, Completion, Done, Event, Reasoning, collect
+from edgeds.events import Answer, Done, Event, Reasoning, Stats, collect
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.request import RequestError, check_messages, sampling_params
 from edgeds.runtime.scheduler import Scheduler
 from edgeds.serving.http import (HangupWatch, HttpError, HttpLimits, TimedReader, body_length, check_json_type,
                                  linger, read_body)
 from edgeds.serving.chat_fields import check_fields, choices
-from edgeds.serving.openai import error_body, finish_reason, logprobs_of, thinking_flag, total_usage, usage
+from edgeds.serving.openai import error_body, finish_reason, logprobs_of, thinking_flag, total_usage
 
 QUEUE_PER_SLOT = 4  # default --max-queue: requests that may wait, per slot
 RETRY_AFTER_S = 1
@@ -373,7 +373,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         for index in range(len(requests)):
             self._event(chunk(index, {"role": "assistant", "content": ""}))
-        done: list[Completion | None] = [None] * len(requests)
+        done: list[Stats] = []
         failed = False
         for index, event in _merged(requests):
             if isinstance(event, Reasoning):
@@ -382,7 +382,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._event(chunk(index, {"content": event.text}, events=[event]))
             elif isinstance(event, Done):
                 stats = event.stats
-                done[index] = Completion("", "", stats)
+                done.append(stats)
                 if stats.finish_reason == "error":
                     failed = True
                     self._event(error_body(stats.error or "generation failed", type="server_error"))
@@ -391,8 +391,7 @@ class _Handler(BaseHTTPRequestHandler):
                     final["choices"][0].update(thinking_flag(stats))
                     self._event(final)
         if include_usage and not failed:
-            self._event({**chunk(0, {}), "choices": [],
-                         "usage": total_usage([c.stats for c in done if c is not None])})
+            self._event({**chunk(0, {}), "choices": [], "usage": total_usage(done)})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
