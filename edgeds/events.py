@@ -15,11 +15,23 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log-probability under the model (log-softmax of its raw logits, before any
+    penalty, bias, grammar or temperature), with its likeliest alternatives when asked for."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top_logprobs: tuple["TokenLogprob", ...] = ()
+
+
+@dataclass(frozen=True)
 class Reasoning:
     """A piece of the model's reasoning (text inside the think block)."""
 
     text: str
     type: Literal["reasoning"] = "reasoning"
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the tokens shown by this piece, when asked for
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,7 @@ class Answer:
 
     text: str
     type: Literal["answer"] = "answer"
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the tokens shown by this piece, when asked for
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,8 @@ def to_dict(event: Event) -> dict:
     data = asdict(event)
     if isinstance(event, Done) and data["stats"]["error"] is None:
         del data["stats"]["error"]
+    if data.get("logprobs", 0) is None:
+        del data["logprobs"]
     return {"type": data.pop("type"), **data}
 
 

@@ -9,16 +9,18 @@ from typing import List, Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, parse_loras,
-                                read_grammar)
+from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty, Threads, TopK,
+                                parse_loras, read_grammar)
 from edgeds.errors import UsageError
 
 
 @app.command("batch")
 def batch(
     input_path: Path = typer.Argument(..., metavar="IN.jsonl", help='Rows {"id", "prompt"} or {"id", "messages"}; optional '
-                                      "max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, system, "
-                                      "and metadata (an object copied to the output row)."),
+                                      "system, metadata (an object copied to the output row) and the request fields "
+                                      "of serve: max_tokens, temperature, top_p, top_k, min_p, repeat_penalty, seed, "
+                                      "stop, presence_penalty, frequency_penalty, logit_bias, response_format, "
+                                      "grammar, reasoning_budget."),
     output: Path = typer.Option(..., "--output", "-o", metavar="OUT.jsonl", help="Output rows, in input order; an existing file is resumed."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="A GGUF file or registry id; with --endpoint, the server's model name."),
     parallel: int = typer.Option(4, "--parallel", "-p", min=1, max=64, help="Sequences decoded together (or requests in flight per server with --endpoint)."),
@@ -41,6 +43,7 @@ def batch(
     top_k: Optional[int] = TopK,
     min_p: Optional[float] = MinP,
     repeat_penalty: Optional[float] = RepeatPenalty,
+    reasoning_budget: Optional[int] = ReasoningBudget,
     seed: Optional[int] = typer.Option(None, "--seed", help="Default seed for rows without one, for repeatable rows (the same with any --parallel on quantized models)."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", min=256, help="Context length of each sequence (default 4096)."),
     threads: Optional[int] = Threads,
@@ -66,7 +69,8 @@ def batch(
     if endpoint and loras:
         raise UsageError("--lora applies to a local model, not to --endpoint")
     defaults = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                                repeat_penalty=repeat_penalty, seed=seed, grammar=grammar_text)
+                                repeat_penalty=repeat_penalty, seed=seed, grammar=grammar_text,
+                                reasoning_budget=reasoning_budget)
     servers = len(endpoint or ())
     if servers > 1:
         from edgeds.serving.fleet import Fleet

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, parse_loras,
-                                read_grammar)
+from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty, Threads, TopK,
+                                parse_loras, read_grammar)
 from edgeds.errors import UsageError
 
 
@@ -42,6 +42,7 @@ def chat(
     top_k: Optional[int] = TopK,
     min_p: Optional[float] = MinP,
     repeat_penalty: Optional[float] = RepeatPenalty,
+    reasoning_budget: Optional[int] = ReasoningBudget,
     threads: Optional[int] = Threads,
     no_think_prefix: bool = NoThinkPrefix,
     lora: Optional[list[str]] = Loras,
@@ -63,7 +64,7 @@ def chat(
     parse_moe_offload(moe_offload)
     loras = parse_loras(lora)
     params = GenerationParams(max_tokens=max_tokens, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
-                              grammar=read_grammar(grammar))
+                              grammar=read_grammar(grammar), reasoning_budget=reasoning_budget)
     resolved = fetch_model(model, pull="ask")  # downloads (checked, asking first) before the UI starts
     if warning := context_warning(resolved.path, n_ctx):
         print(warning, file=sys.stderr)

@@ -29,6 +29,8 @@ Loras = typer.Option(None, "--lora", metavar="FILE[:SCALE]", help="A GGUF LoRA a
                      "applied at run time, with its scale (default 1; 0 leaves it out). Repeatable.")
 RepeatPenalty = typer.Option(None, "--repeat-penalty", min=1.0, max=2.0, help="Penalise tokens seen in the last "
                              "64 (1.0: off, the default of registry models; 1.1 for other GGUFs).")
+ReasoningBudget = typer.Option(None, "--reasoning-budget", min=0, metavar="N", help="Most reasoning tokens; then "
+                               "the think block is closed for the model and it answers (0: answer at once).")
 
 
 def read_grammar(path: Path | None) -> str | None:
@@ -53,3 +55,27 @@ def parse_loras(values: list[str] | None):
     from edgeds.runtime.lora import LoraSpec
 
     return tuple(LoraSpec.parse(v) for v in values or ())
+
+
+def read_json_schema(path: Path | None) -> str | None:
+    """The grammar of a `--json-schema FILE` (a JSON schema), or a usage error naming the file."""
+    if path is None:
+        return None
+    import json
+
+    from edgeds.runtime.structured import schema_grammar
+
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read the JSON schema ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: the JSON schema is not UTF-8 text (byte {err.start})") from None
+    except ValueError as err:
+        raise UsageError(f"{path}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: not valid JSON (nested too deeply)") from None
+    try:
+        return schema_grammar(schema)
+    except UsageError as err:
+        raise UsageError(f"{path}: {err}") from None

@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, parse_loras,
-                                read_grammar)
+from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty, Threads, TopK,
+                                parse_loras, read_grammar, read_json_schema)
 from edgeds.errors import EdgedsError, UsageError
 
 
@@ -33,7 +33,11 @@ def run(
     threads: Optional[int] = Threads,
     no_think_prefix: bool = NoThinkPrefix,
     system: Optional[str] = typer.Option(None, "--system", help="System prompt (R1 models get it folded into the first user turn)."),
-    grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file that constrains the output."),
+    grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file that constrains the answer "
+                                           "(a reasoning model thinks first)."),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="A JSON schema file the answer follows "
+                                               "(as JSON; a reasoning model thinks first)."),
+    reasoning_budget: Optional[int] = ReasoningBudget,
     moe_offload: str = MoeOffload,
     lora: Optional[list[str]] = Loras,
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Send the prompt to an OpenAI-compatible server "
@@ -58,7 +62,9 @@ def run(
             raise UsageError(f"stdin: the prompt is not UTF-8 text (byte {err.start})") from None
     if not prompt.strip():
         raise UsageError("the prompt is empty")
-    grammar_text = read_grammar(grammar)
+    if grammar and json_schema:
+        raise UsageError("give --grammar or --json-schema, not both")
+    grammar_text = read_grammar(grammar) or read_json_schema(json_schema)
     loras = parse_loras(lora)
     if endpoint and loras:
         raise UsageError("--lora applies to a local model, not to --endpoint")
@@ -77,7 +83,8 @@ def run(
             print(f"edgeds: {engine.placement}", file=sys.stderr)
     messages = with_system([{"role": "user", "content": prompt}], system)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                              repeat_penalty=repeat_penalty, seed=seed, grammar=grammar_text)
+                              repeat_penalty=repeat_penalty, seed=seed, grammar=grammar_text,
+                              reasoning_budget=reasoning_budget)
     output = Output(json_lines, hide_reasoning, verbose,
                     progress=not json_lines and not sys.stdout.isatty() and sys.stderr.isatty())
 

@@ -7,7 +7,8 @@ from typing import List, Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import Loras, MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, parse_loras
+from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty, Threads, TopK,
+                                parse_loras)
 from edgeds.errors import UsageError
 from edgeds.serving.http import HttpLimits
 
@@ -24,6 +25,7 @@ def serve(
     top_k: Optional[int] = TopK,
     min_p: Optional[float] = MinP,
     repeat_penalty: Optional[float] = RepeatPenalty,
+    reasoning_budget: Optional[int] = ReasoningBudget,
     no_think_prefix: bool = NoThinkPrefix,
     moe_offload: str = MoeOffload,
     lora: Optional[list[str]] = Loras,
@@ -57,7 +59,8 @@ def serve(
     model_id = alias.strip() if alias is not None else model_id_of(model)
     if not model_id or any(c.isspace() for c in model_id):
         raise UsageError(f"--alias {alias!r}: give a name without spaces")
-    defaults = GenerationParams(top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty)
+    defaults = GenerationParams(top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
+                                reasoning_budget=reasoning_budget)
     scheduler = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx, n_threads=threads, moe_offload=moe_offload,
                                think_prefix=not no_think_prefix, loras=parse_loras(lora))
     try:

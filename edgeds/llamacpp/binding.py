@@ -257,6 +257,12 @@ class Context:
         """A float pointer to the logits of batch row `index` (n_vocab floats)."""
         return llama_cpp.llama_get_logits_ith(self.ptr, index)
 
+    def logits_row(self, index: int = -1):
+        """The logits of batch row `index` as a numpy view (valid until the next decode)."""
+        import numpy as np
+
+        return np.ctypeslib.as_array(self.logits(index), shape=(self.model.n_vocab,))
+
     def close(self) -> None:
         if getattr(self, "ptr", None):
             llama_cpp.llama_batch_free(self._batch)
@@ -272,6 +278,9 @@ class Context:
 
 
 REPEAT_LAST_N = 64  # tokens the repeat penalty looks back over (llama.cpp's and Ollama's default)
+# tokens the presence and frequency penalties look back over: OpenAI counts the whole reply; a
+# window this long covers all but runaway replies, and bounds the sampler's ring buffer
+PENALTY_LAST_N = 8192
 
 
 @dataclass(frozen=True)
@@ -283,17 +292,26 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     seed: int | None = None
     grammar: str | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     @classmethod
-    def of(cls, params) -> "SamplingParams":
-        """The sampler's part of a filled-in `GenerationParams`."""
+    def of(cls, params, *, grammar: bool = True) -> "SamplingParams":
+        """The sampler's part of a filled-in `GenerationParams` (without its grammar when
+        `grammar` is off)."""
         return cls(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p,
-                   repeat_penalty=params.repeat_penalty, seed=params.seed, grammar=params.grammar)
+                   repeat_penalty=params.repeat_penalty, seed=params.seed,
+                   grammar=params.grammar if grammar else None,
+                   presence_penalty=params.presence_penalty or 0.0, frequency_penalty=params.frequency_penalty or 0.0,
+                   logit_bias=tuple(params.logit_bias or ()))
 
 
 class Sampler:
-    """llama.cpp's C sampler chain, in llama.cpp's own order: [grammar] → repeat penalty →
-    top-k → top-p → min-p → temperature → draw (greedy at temperature 0, after the penalty)."""
+    """llama.cpp's C sampler chain, in llama.cpp's own order: [grammar] → logit bias → repeat
+    penalty → presence/frequency penalties → top-k → top-p → min-p → temperature → draw
+    (greedy at temperature 0, after the bias and penalties). Logit-bias ids must be in the
+    vocabulary (checked here: llama.cpp would index out of bounds)."""
 
     def __init__(self, model: Model, params: SamplingParams):
         chain_params = llama_cpp.llama_sampler_chain_default_params()
@@ -307,8 +325,19 @@ class Sampler:
                 self.ptr = None
                 raise UsageError("the grammar does not parse (GBNF syntax error; llama.cpp's log has details)")
             add(grammar)
+        if params.logit_bias:
+            bad = [token for token, _ in params.logit_bias if not 0 <= token < model.n_vocab]
+            if bad:
+                llama_cpp.llama_sampler_free(self.ptr)
+                self.ptr = None
+                raise UsageError(f"logit_bias: token id {bad[0]} is not in the vocabulary (0..{model.n_vocab - 1})")
+            biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(*params.logit_bias)
+            add(llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(params.logit_bias), biases))
         if params.repeat_penalty != 1.0:
             add(llama_cpp.llama_sampler_init_penalties(model.n_vocab, REPEAT_LAST_N, params.repeat_penalty, 0.0, 0.0))
+        if params.presence_penalty or params.frequency_penalty:
+            add(llama_cpp.llama_sampler_init_penalties(model.n_vocab, PENALTY_LAST_N, 1.0, params.frequency_penalty,
+                                                       params.presence_penalty))
         if params.temperature <= 0:
             add(llama_cpp.llama_sampler_init_greedy())
             return
@@ -325,6 +354,10 @@ class Sampler:
     def sample(self, ctx: Context, index: int = -1) -> int:
         """Draw a token from row `index`'s logits and accept it into the chain's state."""
         return llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, index)
+
+    def accept(self, token: int) -> None:
+        """Tell the chain's state (penalties, grammar) about a token it did not draw."""
+        llama_cpp.llama_sampler_accept(self.ptr, token)
 
     def close(self) -> None:
         if getattr(self, "ptr", None):

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 from edgeds.errors import ContextOverflow, EdgedsError
 from edgeds.events import Done, Event, GenerationTimer
 from edgeds.llamacpp.backend import gpu_offload_supported
-from edgeds.llamacpp.binding import Context, LoadOptions, Model, Sampler, SamplingParams, TextStream
+from edgeds.llamacpp.binding import Context, LoadOptions, Model, TextStream
 from edgeds.machine.hardware import memory, physical_cores
 from edgeds.machine.memory import Geometry, default_n_ctx
 from edgeds.runtime import template
@@ -22,6 +22,7 @@ from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.lora import LoraSpec, apply_loras, load_loras
 from edgeds.runtime.params import GenerationParams, ModelDefaults
 from edgeds.runtime.reasoning import ReasoningSplitter
+from edgeds.runtime.sequence import Sequence
 
 class PhaseStream:
     """Generated token ids → Reasoning/Answer events, counting the tokens of each phase.
@@ -187,8 +188,8 @@ class Engine:
             )
         if params.grammar:
             check_grammar(params.grammar)
-        sampler = Sampler(self.model, SamplingParams.of(params))
         phases = PhaseStream(self.model, opens_think, self.reasoning_template)
+        sequence = Sequence(self.model, params, phases, opens_think)  # sampling, stops, logprobs, grammar
         finish, error = "stop", None
         generated = 0
         reuse = self.reused_prompt_tokens = self._reuse_prefix(tokens)
@@ -205,12 +206,14 @@ class Engine:
                 if generated >= params.max_tokens:
                     finish = "length"
                     break
-                token = sampler.sample(self.ctx)
+                token = sequence.draw(self.ctx)
                 timer.token()
                 if self.model.is_eog(token):
                     break
                 generated += 1
-                yield from phases.push(token)
+                yield from sequence.push(token)
+                if sequence.stopped:
+                    break
                 if pos + 1 >= self.n_ctx:
                     finish = "length"
                     break
@@ -224,8 +227,8 @@ class Engine:
             self._cached = []
             self.ctx.clear()
         finally:
-            sampler.close()
-        yield from phases.finish()
+            sequence.close()
+        yield from sequence.finish()
         yield Done(timer.stats(prompt_tokens=len(tokens), decoded_prompt_tokens=len(tokens) - reuse,
                                generated=generated, reasoning_tokens=phases.reasoning_tokens,
                                answer_tokens=phases.answer_tokens, finish_reason=finish, error=error,

@@ -16,7 +16,14 @@ class GenerationParams:
     min_p: float | None = None          # 0: off
     repeat_penalty: float | None = None  # 1: off; over the last REPEAT_LAST_N tokens
     seed: int | None = None
-    grammar: str | None = None  # GBNF text, passed to llama.cpp's grammar sampler
+    grammar: str | None = None  # GBNF text; constrains the answer (after the think block; see runtime.sequence)
+    stop: tuple[str, ...] | None = None  # answer text that ends the generation, never shown
+    presence_penalty: float | None = None  # 0: off
+    frequency_penalty: float | None = None  # 0: off
+    logit_bias: tuple[tuple[int, float], ...] | None = None  # (token id, bias) pairs
+    logprobs: bool | None = None  # attach each token's logprob to the text events
+    top_logprobs: int | None = None  # and that many likeliest alternatives
+    reasoning_budget: int | None = None  # most reasoning tokens; then the engine closes the think block
 
 
 @dataclass(frozen=True)

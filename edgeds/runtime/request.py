@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from edgeds.errors import UsageError
+from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.params import GenerationParams
+from edgeds.runtime.structured import response_format_grammar
 
 ROLES = ("system", "user", "assistant")
+ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system turn
 
 # field → (kind, lowest, highest); the sampling fields every front end accepts.
 SAMPLING_FIELDS: dict[str, tuple[str, float | None, float | None]] = {
@@ -23,7 +26,15 @@ SAMPLING_FIELDS: dict[str, tuple[str, float | None, float | None]] = {
     "min_p": ("number", 0, 1),
     "repeat_penalty": ("number", 1, 2),  # 1 is off; below 1 would reward repetition
     "seed": ("integer", None, None),
+    "presence_penalty": ("number", -2, 2),
+    "frequency_penalty": ("number", -2, 2),
+    "top_logprobs": ("integer", 0, 20),
+    "reasoning_budget": ("integer", 0, None),  # an edgeds extension: most reasoning tokens
 }
+
+MAX_STOPS = 4  # OpenAI's limit
+MAX_STOP_CHARS = 256
+MAX_LOGIT_BIAS = 1024  # entries of a logit_bias object
 
 
 class RequestError(UsageError):
@@ -50,8 +61,10 @@ def check_messages(messages: Any) -> list[dict]:
         if not isinstance(message, dict):
             raise RequestError(f"messages[{i}]", f"messages[{i}] must be an object, not {type_name(message)}")
         role = message.get("role")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
         if role not in ROLES:
-            raise RequestError(f"messages[{i}].role", f"messages[{i}].role must be one of {', '.join(ROLES)}")
+            raise RequestError(f"messages[{i}].role",
+                               f"messages[{i}].role must be one of {', '.join([*ROLES, *ROLE_ALIASES])}")
         clean.append({"role": role, "content": _text(message.get("content"), i)})
     return clean
 
@@ -88,7 +101,77 @@ def check_sampling(data: Mapping[str, Any], key: str) -> int | float | None:
     return value
 
 
+def _stop(value: Any) -> tuple[str, ...] | None:
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise RequestError("stop", "'stop' must be a string or a list of strings")
+    if len(stops) > MAX_STOPS:
+        raise RequestError("stop", f"'stop' has {len(stops)} strings; the limit is {MAX_STOPS}")
+    if any(not s for s in stops) or any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise RequestError("stop", f"each 'stop' string must have 1 to {MAX_STOP_CHARS} characters")
+    return tuple(stops) or None
+
+
+def _logit_bias(value: Any) -> tuple[tuple[int, float], ...] | None:
+    if not isinstance(value, dict):
+        raise RequestError("logit_bias", "'logit_bias' must be an object of token id → bias")
+    if len(value) > MAX_LOGIT_BIAS:
+        raise RequestError("logit_bias", f"'logit_bias' has {len(value)} entries; the limit is {MAX_LOGIT_BIAS}")
+    pairs = []
+    for key, bias in value.items():
+        if not (key.isascii() and key.isdigit() and len(key) <= 9):
+            raise RequestError("logit_bias", f"logit_bias: key {key[:20]!r} is not a token id")
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
+            raise RequestError("logit_bias", f"logit_bias[{key!r}] must be a number between -100 and 100")
+        pairs.append((int(key), float(bias)))
+    return tuple(sorted(pairs)) or None
+
+
+def _flag(key: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise RequestError(key, f"'{key}' must be true or false")
+        return value
+    return check
+
+
+def _grammar(value: Any) -> str:
+    if not isinstance(value, str):
+        raise RequestError("grammar", "'grammar' must be a GBNF string")
+    try:
+        check_grammar(value)
+    except UsageError as err:
+        raise RequestError("grammar", str(err)) from None
+    return value
+
+
+def _response_format(value: Any) -> str | None:
+    try:
+        return response_format_grammar(value)
+    except UsageError as err:
+        raise RequestError("response_format", str(err)) from None
+
+
+# field → (GenerationParams field, checker of the JSON value); fields the range table cannot say
+CHECKED_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "stop": ("stop", _stop),
+    "logit_bias": ("logit_bias", _logit_bias),
+    "logprobs": ("logprobs", _flag("logprobs")),
+    "grammar": ("grammar", _grammar),  # an edgeds (and llama-server) extension: GBNF text
+    "response_format": ("grammar", _response_format),
+}
+REQUEST_FIELDS = (*SAMPLING_FIELDS, *CHECKED_FIELDS)  # every generation field a request may carry
+
+
 def sampling_params(data: Mapping[str, Any], defaults: GenerationParams = GenerationParams()) -> GenerationParams:
-    """The sampling fields of a request over `defaults` (a field that is absent keeps the default)."""
-    given = {key: check_sampling(data, key) for key in SAMPLING_FIELDS}
+    """The generation fields of a request over `defaults` (a field that is absent or null keeps
+    the default)."""
+    given: dict[str, Any] = {key: check_sampling(data, key) for key in SAMPLING_FIELDS}
+    if data.get("grammar") is not None and data.get("response_format") is not None:
+        raise RequestError("response_format", "give 'response_format' or 'grammar', not both")
+    for key, (field, check) in CHECKED_FIELDS.items():
+        if data.get(key) is not None:
+            given[field] = check(data[key])
+    if given.get("top_logprobs") is not None and not given.get("logprobs"):
+        raise RequestError("top_logprobs", "'top_logprobs' needs 'logprobs': true")
     return replace(defaults, **{k: v for k, v in given.items() if v is not None})

@@ -21,12 +21,13 @@ from typing import Callable, Iterator
 
 from edgeds.errors import ContextOverflow
 from edgeds.events import Completion, Done, Event, GenerationTimer, Reasoning, Stats
-from edgeds.llamacpp.binding import Context, Sampler, SamplingParams
+from edgeds.llamacpp.binding import Context
 from edgeds.runtime.engine import Engine, PhaseStream
 from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.lora import apply_loras
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.rawtext import RawStream, raw_prompt_tokens
+from edgeds.runtime.sequence import Sequence
 
 DEFAULT_SEQ_CTX = 4096
 
@@ -34,13 +35,12 @@ DEFAULT_SEQ_CTX = 4096
 class Request:
     """One submitted conversation. Iterate `events()` (from any thread) or wait for `result()`."""
 
-    def __init__(self, tokens: list[int], opens_think: bool, params: GenerationParams, sampler: Sampler,
-                 on_done: Callable[[Completion], None] | None, raw: bool = False):
+    def __init__(self, tokens: list[int], opens_think: bool, params: GenerationParams, sampler: Sequence,
+                 on_done: Callable[[Completion], None] | None):
         self.tokens = tokens
-        self.raw = raw  # a raw prompt: plain text out, no reasoning split
         self.opens_think = opens_think
         self.params = params
-        self.sampler = sampler
+        self.sampler = sampler  # the Sequence: sampler chain, phases, stops, logprobs
         self.on_done = on_done
         self.completion: Completion | None = None
         self._events: queue.Queue[Event] = queue.Queue()
@@ -153,8 +153,9 @@ class Scheduler:
         params = self.engine.defaults.apply(params)
         if params.grammar:
             check_grammar(params.grammar)
-        request = Request(tokens, opens_think, params, Sampler(self.model, SamplingParams.of(params)), on_done,
-                          raw=raw)
+        phases = RawStream(self.model) if raw else PhaseStream(self.model, opens_think, self.engine.reasoning_template)
+        sequence = Sequence(self.model, params, phases, opens_think)
+        request = Request(tokens, opens_think, params, sequence, on_done)
         with self._wake:
             if self._closing:
                 request.sampler.close()
@@ -201,9 +202,7 @@ class Scheduler:
             request = self._waiting.popleft()
             seq = free.pop(0)
             self.ctx.forget(seq)
-            phases = RawStream(self.model) if request.raw else \
-                PhaseStream(self.model, request.opens_think, self.engine.reasoning_template)
-            self._slots[seq] = _Slot(seq, request, phases)  # type: ignore[arg-type]
+            self._slots[seq] = _Slot(seq, request, request.sampler.phases)
 
     def _step(self) -> None:
         items: list[tuple[int, int, int, bool]] = []
@@ -241,13 +240,16 @@ class Scheduler:
             self._sample(slot, row)
 
     def _sample(self, slot: _Slot, row: int) -> None:
-        token = slot.sampler.sample(self.ctx, row)
+        token = slot.sampler.draw(self.ctx, row)
         slot.timer.token()
         if self.model.is_eog(token):
             self._finish(slot, "stop")
             return
         slot.generated += 1
-        self._emit(slot, slot.phases.push(token))
+        self._emit(slot, slot.sampler.push(token))
+        if slot.sampler.stopped:  # a stop string
+            self._finish(slot, "stop")
+            return
         if slot.generated >= slot.request.params.max_tokens or slot.pos + 1 >= self.seq_ctx:
             self._finish(slot, "length")
             return
@@ -262,7 +264,7 @@ class Scheduler:
         del self._slots[slot.seq]
         self.ctx.forget(slot.seq)
         slot.sampler.close()
-        self._emit(slot, slot.phases.finish())
+        self._emit(slot, slot.sampler.finish())
         stats = slot.timer.stats(prompt_tokens=len(slot.request.tokens), generated=slot.generated,
                                  reasoning_tokens=slot.phases.reasoning_tokens,
                                  answer_tokens=slot.phases.answer_tokens,

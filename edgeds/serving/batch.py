@@ -1,7 +1,9 @@
 """`edgeds batch`: a JSONL file of prompts → a JSONL file of reasoning + answer rows.
 
 - Input rows: `{"id": …, "prompt": "…"}` or `{"id": …, "messages": [...]}` with optional
-  `max_tokens`, `temperature`, `top_p`, `seed`, `system`; a missing id becomes the line number,
+  `system` and the request fields of edgeds.runtime.request (`max_tokens`, `temperature`,
+  `top_p`, `seed`, `stop`, `response_format`, `grammar`, `reasoning_budget`, the penalties,
+  `logit_bias`, …; not `logprobs`, which an output row has no place for); a missing id becomes the line number,
   and an id that repeats an earlier row's (a line number included) makes the later row an error.
 - A bad row (not JSON, unknown key, wrong type, prompt too long) gets an output row with
   `error` set, naming the line and key; the run goes on. A row's own fields go under
@@ -33,7 +35,7 @@ from typing import Callable, Iterator, Protocol
 from edgeds.errors import EdgedsError, UsageError
 from edgeds.events import Completion
 from edgeds.runtime.params import GenerationParams
-from edgeds.runtime.request import SAMPLING_FIELDS, RequestError, check_messages, sampling_params, type_name, with_system
+from edgeds.runtime.request import REQUEST_FIELDS, RequestError, check_messages, sampling_params, type_name, with_system
 
 # the keys of a row besides the sampling fields: key → (accepted JSON types, what errors call them)
 ROW_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -43,6 +45,9 @@ ROW_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "system": ((str,), "a string"),
     "metadata": ((dict,), "a JSON object"),  # copied as it is to the output row
 }
+# request fields a row cannot carry: its output row has no place for what they ask
+ROW_REFUSED = {"logprobs": "output rows carry no logprobs; use edgeds serve",
+               "top_logprobs": "output rows carry no logprobs; use edgeds serve"}
 PENDING_SUFFIX = ".pending"
 REWRITE_SUFFIX = ".rewrite"
 
@@ -97,10 +102,12 @@ def _row_of(data: dict, *, index: int, line: int, defaults: GenerationParams) ->
     row_id = data.get("id", line)
     safe_id = row_id if isinstance(row_id, (str, int)) and not isinstance(row_id, bool) else line
     for key, value in data.items():
-        if key in SAMPLING_FIELDS:
+        if key in ROW_REFUSED:
+            return Row(index, line, safe_id, error=f"line {line}: key {key!r} is not supported ({ROW_REFUSED[key]})")
+        if key in REQUEST_FIELDS:
             continue
         if key not in ROW_KEYS:
-            known = ", ".join([*ROW_KEYS, *SAMPLING_FIELDS])
+            known = ", ".join([*ROW_KEYS, *(k for k in REQUEST_FIELDS if k not in ROW_REFUSED)])
             return Row(index, line, safe_id, error=f"line {line}: unknown key {key!r} (expected one of: {known}; "
                                                    "a row's own fields go under 'metadata')")
         types, what = ROW_KEYS[key]

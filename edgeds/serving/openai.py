@@ -3,7 +3,9 @@ client reads it. Stats ↔ `usage`, finish reasons, and the error object."""
 
 from __future__ import annotations
 
-from edgeds.events import Stats
+from typing import Iterable
+
+from edgeds.events import Answer, Stats, TokenLogprob
 
 # what servers send as finish_reason → edgeds' finish reasons
 FINISH_FROM_WIRE = {"stop": "stop", "length": "length", "eos": "stop", "content_filter": "stop", "tool_calls": "stop"}
@@ -17,6 +19,30 @@ def usage(stats: Stats) -> dict:
         "total_tokens": stats.prompt_tokens + stats.completion_tokens,
         "completion_tokens_details": {"reasoning_tokens": stats.reasoning_tokens},
     }
+
+
+def total_usage(stats: Iterable[Stats]) -> dict:
+    """`usage` of a reply with several choices: their generated tokens summed, the prompt counted
+    once (as OpenAI does)."""
+    stats = list(stats)
+    prompt = max((s.prompt_tokens for s in stats), default=0)
+    completion = sum(s.completion_tokens for s in stats)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "completion_tokens_details": {"reasoning_tokens": sum(s.reasoning_tokens for s in stats)}}
+
+
+def logprobs_of(events: Iterable) -> dict:
+    """A choice's `logprobs`: `{"content": [...]}` over the answer tokens of `events` (the
+    reasoning's tokens are not reported, as OpenAI reports none)."""
+    return {"content": [_logprob(entry, top=True) for event in events if isinstance(event, Answer)
+                        for entry in event.logprobs or ()]}
+
+
+def _logprob(entry: TokenLogprob, top: bool = False) -> dict:
+    out = {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.bytes)}
+    if top:
+        out["top_logprobs"] = [_logprob(alt) for alt in entry.top_logprobs]
+    return out
 
 
 def token_counts(usage: dict) -> tuple[int, int, int]:

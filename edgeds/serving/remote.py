@@ -49,6 +49,20 @@ def unfinished(message: str) -> Completion:
     return Completion("", "", Stats(finish_reason="cancelled", error=message))
 
 
+def wire_fields(params: GenerationParams) -> dict:
+    """The request fields beyond the samplers' scalars (stop, penalties, logit_bias, the
+    reasoning budget), in OpenAI's shape; absent where unset."""
+    body: dict = {}
+    for key in ("presence_penalty", "frequency_penalty", "reasoning_budget"):
+        if getattr(params, key) is not None:
+            body[key] = getattr(params, key)
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if params.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in params.logit_bias}
+    return body
+
+
 def base_url(endpoint: str) -> str:
     """`http://host:port`, `…/v1` or `…/v1/chat/completions` → the `…/v1` base."""
     url = endpoint.rstrip("/")
@@ -132,6 +146,7 @@ class RemoteBackend:
                 body[key] = value
         if params.grammar:
             body["grammar"] = params.grammar  # llama-server and edgeds serve take GBNF here
+        body.update(wire_fields(params))
         self._cancel.clear()
         timer = GenerationTimer()
         response = self._open("/chat/completions", body)

@@ -11,6 +11,9 @@
 - CORS is off unless `--cors-origin` lists origins (edgeds.serving.cors): then preflights
   (`OPTIONS`) from them are answered without the API key and every reply to them carries
   Access-Control-Allow-Origin.
+- Every field of OpenAI's request is honoured, ignored where that cannot change the reply, or
+  refused with a 400 naming it (edgeds.serving.chat_fields); `n` choices run as n sequences
+  (seed, seed+1, …) and stream with their index; `logprobs` come per answer token.
 - Concurrent requests share the scheduler's slots; one that finds them all busy waits its
   turn, and none interrupts another. When more requests wait than `max_queue`, a new one gets
   503 with Retry-After. A client that hangs up, while its reply streams or while it waits for
@@ -33,20 +36,21 @@ from __future__ import annotations
 
 import hmac
 import json
+import queue
 import sys
 import threading
 import time
 import traceback
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import unquote
 
-from edgeds.errors import ContextOverflow, EdgedsError, UsageError
-from edgeds.events import Answer, Done, Reasoning
-from edgeds.runtime.grammar import check_grammar
+from edgeds.errors import ContextOverflow, EdgedsError
+from edgeds.events import Answer, Done, Event, Reasoning, Stats, collect
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.request import RequestError, check_messages, sampling_params
 from edgeds.runtime.scheduler import Scheduler
@@ -54,7 +58,8 @@ from edgeds.serving.completions import BadBody, TextReply, parse_completion
 from edgeds.serving.cors import CorsPolicy
 from edgeds.serving.http import (HangupWatch, HttpError, HttpLimits, TimedReader, body_length, check_json_type,
                                  linger, read_body)
-from edgeds.serving.openai import error_body, finish_reason, thinking_flag, usage
+from edgeds.serving.chat_fields import check_fields, choices
+from edgeds.serving.openai import error_body, finish_reason, logprobs_of, thinking_flag, total_usage
 
 QUEUE_PER_SLOT = 4  # default --max-queue: requests that may wait, per slot
 RETRY_AFTER_S = 1
@@ -81,10 +86,21 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def parse_request(body: bytes, defaults: GenerationParams = GenerationParams()
-                  ) -> tuple[list[dict], GenerationParams, bool, bool]:
-    """A chat completion request → (messages, params over `defaults`, stream, include_usage);
-    ApiError(400) if bad."""
+@dataclass(frozen=True)
+class ChatRequest:
+    """A checked chat-completion request."""
+
+    messages: list[dict]
+    params: GenerationParams
+    stream: bool = False
+    include_usage: bool = False
+    n: int = 1
+
+
+def parse_chat(body: bytes, defaults: GenerationParams = GenerationParams(), max_n: int = 1) -> ChatRequest:
+    """A chat completion request → its messages, params over `defaults`, stream options and n
+    (at most `max_n`); ApiError(400) naming the field if bad (edgeds.serving.chat_fields says
+    what happens to every field)."""
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as err:
@@ -93,29 +109,30 @@ def parse_request(body: bytes, defaults: GenerationParams = GenerationParams()
         raise ApiError(400, "the request body is not valid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
-    if "max_completion_tokens" in data:  # OpenAI's newer name wins
+    if data.get("max_completion_tokens") is not None:  # OpenAI's newer name wins
         data = {**data, "max_tokens": data["max_completion_tokens"]}
     try:
+        check_fields(data)
         messages = check_messages(data.get("messages"))
         params = sampling_params(data, defaults)
-        if data.get("n") not in (None, 1):
-            raise RequestError("n", "only n=1 is supported")
+        n = choices(data, max_n)
     except RequestError as err:
         raise ApiError(400, str(err), param=err.key) from None
-    grammar = data.get("grammar")
-    if grammar is not None:
-        if not isinstance(grammar, str):
-            raise ApiError(400, "'grammar' must be a GBNF string", param="grammar")
-        try:
-            check_grammar(grammar)
-        except UsageError as err:
-            raise ApiError(400, str(err), param="grammar") from None
     stream = data.get("stream", False)
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")
     options = data.get("stream_options") or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    return messages, replace(params, grammar=grammar), stream, include_usage
+    return ChatRequest(messages, params, stream, include_usage, n)
+
+
+def parse_request(body: bytes, defaults: GenerationParams = GenerationParams()
+                  ) -> tuple[list[dict], GenerationParams, bool, bool]:
+    """`parse_chat` as (messages, params, stream, include_usage), for a request with n=1."""
+    chat = parse_chat(body, defaults)
+    return chat.messages, chat.params, chat.stream, chat.include_usage
 
 
 class Server:
@@ -338,26 +355,33 @@ class _Handler(BaseHTTPRequestHandler):
             self._post_text()
             return
         state = self.server_state
-        messages, params, stream, include_usage = parse_request(self._read_body(), state.defaults)
-        state.admit()
+        chat = parse_chat(self._read_body(), state.defaults, max_n=state.scheduler.parallel)
+        requests: list = []
+        admitted = 0
         try:
+            for i in range(chat.n):  # each choice its own sequence, seeded seed, seed+1, …
+                state.admit()
+                admitted += 1
+                params = chat.params if chat.params.seed is None else replace(chat.params, seed=chat.params.seed + i)
+                try:
+                    requests.append(state.scheduler.submit(chat.messages, params))
+                except ContextOverflow as err:
+                    raise ApiError(400, str(err), param="messages", code="context_length_exceeded") from None
+                except EdgedsError as err:
+                    raise ApiError(400, str(err), param=_param_of(err)) from None
+            watch = state.hangups.watch(self.connection, lambda: [r.cancel() for r in requests])
             try:
-                request = state.scheduler.submit(messages, params)
-            except ContextOverflow as err:
-                raise ApiError(400, str(err), param="messages", code="context_length_exceeded") from None
-            except EdgedsError as err:
-                raise ApiError(400, str(err), param=_param_of(err)) from None
-            watch = state.hangups.watch(self.connection, request.cancel)
-            try:
-                if stream:
-                    self._stream(request, include_usage)
+                if chat.stream:
+                    self._stream(requests, chat.include_usage, chat.params.logprobs)
                 else:
-                    self._complete(request)
+                    self._complete(requests, chat.params.logprobs)
             finally:
                 state.hangups.unwatch(watch)
-                request.cancel()  # a no-op once it finished; frees the slot if this thread failed
         finally:
-            state.release()
+            for request in requests:
+                request.cancel()  # a no-op once it finished; frees the slot if this thread failed
+            for _ in range(admitted):
+                state.release()
 
     def _post_text(self) -> None:
         """POST /v1/completions: a raw prompt (no chat template), its continuation as `text`."""
@@ -443,31 +467,39 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- replies ---------------------------------------------------------------------------
 
-    def _complete(self, request) -> None:
-        stats = (completion := request.result()).stats
-        if stats.finish_reason == "error":
-            raise ApiError(500, stats.error or "generation failed", type="server_error")
-        if stats.finish_reason == "cancelled":  # the client hung up, or the server is stopping
-            raise ApiError(503, "the request was cancelled", type="server_error", code="cancelled",
-                           headers={"Retry-After": str(RETRY_AFTER_S)})
-        message = {"role": "assistant", "content": completion.answer,
-                   "reasoning_content": completion.reasoning or None}
+    def _complete(self, requests: list, logprobs: bool | None) -> None:
+        replies = []
+        for request in requests:
+            events = list(request.events())
+            replies.append((collect(events), events))
+        for completion, _ in replies:
+            stats = completion.stats
+            if stats.finish_reason == "error":
+                raise ApiError(500, stats.error or "generation failed", type="server_error")
+            if stats.finish_reason == "cancelled":  # the client hung up, or the server is stopping
+                raise ApiError(503, "the request was cancelled", type="server_error", code="cancelled",
+                               headers={"Retry-After": str(RETRY_AFTER_S)})
+        out = []
+        for index, (completion, events) in enumerate(replies):
+            message = {"role": "assistant", "content": completion.answer,
+                       "reasoning_content": completion.reasoning or None}
+            out.append({"index": index, "message": message, "finish_reason": finish_reason(completion.stats),
+                        "logprobs": logprobs_of(events) if logprobs else None, **thinking_flag(completion.stats)})
         self._json(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": self.server_state.model_id,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(stats), "logprobs": None,
-                         **thinking_flag(stats)}],
-            "usage": usage(stats),
+            "model": self.server_state.model_id, "choices": out,
+            "usage": total_usage([completion.stats for completion, _ in replies]),
         })
 
-    def _stream(self, request, include_usage: bool) -> None:
+    def _stream(self, requests: list, include_usage: bool, logprobs: bool | None) -> None:
         chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         model = self.server_state.model_id
 
-        def chunk(delta: dict, finish: str | None = None, **extra) -> dict:
-            choices = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+        def chunk(index: int, delta: dict, finish: str | None = None, events: list | None = None) -> dict:
+            choices = [{"index": index, "delta": delta, "finish_reason": finish,
+                        "logprobs": logprobs_of(events or []) if logprobs and events else None}]
             return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": choices, **extra}
+                    "choices": choices}
 
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -475,22 +507,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        self._event(chunk({"role": "assistant", "content": ""}))
-        for event in request.events():
+        for index in range(len(requests)):
+            self._event(chunk(index, {"role": "assistant", "content": ""}))
+        done: list[Stats] = []
+        failed = False
+        for index, event in _merged(requests):
             if isinstance(event, Reasoning):
-                self._event(chunk({"reasoning_content": event.text}))
+                self._event(chunk(index, {"reasoning_content": event.text}))
             elif isinstance(event, Answer):
-                self._event(chunk({"content": event.text}))
+                self._event(chunk(index, {"content": event.text}, events=[event]))
             elif isinstance(event, Done):
                 stats = event.stats
+                done.append(stats)
                 if stats.finish_reason == "error":
+                    failed = True
                     self._event(error_body(stats.error or "generation failed", type="server_error"))
                 else:
-                    final = chunk({}, finish_reason(stats))
+                    final = chunk(index, {}, finish_reason(stats))
                     final["choices"][0].update(thinking_flag(stats))
                     self._event(final)
-                    if include_usage:
-                        self._event({**chunk({}), "choices": [], "usage": usage(stats)})
+        if include_usage and not failed:
+            self._event({**chunk(0, {}), "choices": [], "usage": total_usage(done)})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
@@ -511,6 +548,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         self.wfile.flush()
+
+
+def _merged(requests: list) -> Iterator[tuple[int, Event]]:
+    """(choice index, event) of several requests as they come; one request needs no threads."""
+    if len(requests) == 1:
+        yield from ((0, event) for event in requests[0].events())
+        return
+    merged: queue.Queue[tuple[int, Event]] = queue.Queue()
+
+    def pump(index: int, request) -> None:
+        for event in request.events():
+            merged.put((index, event))
+
+    for index, request in enumerate(requests):
+        threading.Thread(target=pump, args=(index, request), name="edgeds-choice", daemon=True).start()
+    running = len(requests)
+    while running:
+        index, event = merged.get()
+        running -= isinstance(event, Done)
+        yield index, event
 
 
 def _param_of(err: EdgedsError) -> str:

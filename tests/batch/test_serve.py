@@ -115,7 +115,7 @@ def test_api_key_required(tiny_server):
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": "x"}], "max_tokens": "lots"}, "max_tokens"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, "temperature"),
-    ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),  # more choices than slots
     ({"messages": [{"role": "user", "content": "word " * 700}]}, "messages"),
 ])
 def test_bad_requests_get_400(client, body, param):
