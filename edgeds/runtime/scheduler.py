@@ -128,9 +128,10 @@ class Scheduler:
     # -- submitting ------------------------------------------------------------------------
 
     def submit(self, messages: list[dict], params: GenerationParams | None = None,
-               on_done: Callable[[Completion], None] | None = None) -> Request:
+               on_done: Callable[[Completion], None] | None = None, tools: list[dict] | None = None) -> Request:
         """Queue a conversation; it starts as soon as a slot is free. `on_done` gets the
-        Completion on the scheduler's thread (keep it short: hand it to a queue).
+        Completion on the scheduler's thread (keep it short: hand it to a queue). `tools` go
+        to the chat template.
 
         The prompt is rendered and tokenized here, so a bad conversation fails at once.
 
@@ -138,7 +139,7 @@ class Scheduler:
             ContextOverflow: the prompt does not fit in one sequence's context.
             EdgedsError: a bad message list, chat template or grammar.
         """
-        tokens, opens_think = self.engine.prompt_tokens(messages)
+        tokens, opens_think = self.engine.prompt_tokens(messages, tools)
         if len(tokens) >= self.seq_ctx:
             raise ContextOverflow(
                 f"the prompt is {len(tokens)} tokens but a sequence's context holds {self.seq_ctx}"

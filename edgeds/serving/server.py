@@ -41,9 +41,11 @@ from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.request import RequestError, check_messages, sampling_params
 from edgeds.runtime.scheduler import Scheduler
+from edgeds.runtime.tool_parser import ToolCallParser, parse_tool_calls
+from edgeds.runtime.tools import ToolPlan, ToolRequest, check_tool_request, plan_tools
 from edgeds.serving.http import (HangupWatch, HttpError, HttpLimits, TimedReader, body_length, check_json_type,
                                  linger, read_body)
-from edgeds.serving.openai import error_body, finish_reason, thinking_flag, usage
+from edgeds.serving.openai import answer_delta, error_body, finish_reason, thinking_flag, tool_call, usage
 
 QUEUE_PER_SLOT = 4  # default --max-queue: requests that may wait, per slot
 RETRY_AFTER_S = 1
@@ -61,9 +63,9 @@ class ApiError(Exception):
 
 
 def parse_request(body: bytes, defaults: GenerationParams = GenerationParams()
-                  ) -> tuple[list[dict], GenerationParams, bool, bool]:
-    """A chat completion request → (messages, params over `defaults`, stream, include_usage);
-    ApiError(400) if bad."""
+                  ) -> tuple[list[dict], GenerationParams, bool, bool, ToolRequest]:
+    """A chat completion request → (messages, params over `defaults`, stream, include_usage,
+    tool fields); ApiError(400) if bad."""
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as err:
@@ -77,6 +79,7 @@ def parse_request(body: bytes, defaults: GenerationParams = GenerationParams()
     try:
         messages = check_messages(data.get("messages"))
         params = sampling_params(data, defaults)
+        tools = check_tool_request(data)
         if data.get("n") not in (None, 1):
             raise RequestError("n", "only n=1 is supported")
     except RequestError as err:
@@ -94,7 +97,23 @@ def parse_request(body: bytes, defaults: GenerationParams = GenerationParams()
         raise ApiError(400, "'stream' must be true or false", param="stream")
     options = data.get("stream_options") or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    return messages, replace(params, grammar=grammar), stream, include_usage
+    return messages, replace(params, grammar=grammar), stream, include_usage, tools
+
+
+def apply_tools(tools: ToolRequest, messages: list[dict], params: GenerationParams, scheduler: Scheduler,
+                model_id: str) -> tuple[ToolPlan, GenerationParams]:
+    """The request's tools in the prompt (and its grammar, when tool_choice demands a call);
+    ApiError(400) when the model cannot call tools."""
+    try:
+        plan = plan_tools(tools, messages, scheduler.engine.chat_template, model_id)
+    except RequestError as err:
+        raise ApiError(400, str(err), param=err.key) from None
+    if plan.grammar:
+        if params.grammar:
+            raise ApiError(400, "'grammar' cannot be combined with a tool_choice that demands a call",
+                           param="tool_choice")
+        params = replace(params, grammar=plan.grammar)
+    return plan, params
 
 
 class Server:
@@ -274,11 +293,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _post(self, path: str) -> None:
         self._check_head(path)
         state = self.server_state
-        messages, params, stream, include_usage = parse_request(self._read_body(), state.defaults)
+        messages, params, stream, include_usage, tools = parse_request(self._read_body(), state.defaults)
+        plan, params = apply_tools(tools, messages, params, state.scheduler, state.model_id)
         state.admit()
         try:
             try:
-                request = state.scheduler.submit(messages, params)
+                request = state.scheduler.submit(plan.messages, params, tools=plan.template_tools)
             except ContextOverflow as err:
                 raise ApiError(400, str(err), param="messages", code="context_length_exceeded") from None
             except EdgedsError as err:
@@ -286,9 +306,9 @@ class _Handler(BaseHTTPRequestHandler):
             watch = state.hangups.watch(self.connection, request.cancel)
             try:
                 if stream:
-                    self._stream(request, include_usage)
+                    self._stream(request, include_usage, plan.parse)
                 else:
-                    self._complete(request)
+                    self._complete(request, plan.parse)
             finally:
                 state.hangups.unwatch(watch)
                 request.cancel()  # a no-op once it finished; frees the slot if this thread failed
@@ -307,24 +327,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- replies ---------------------------------------------------------------------------
 
-    def _complete(self, request) -> None:
+    def _complete(self, request, parse_calls: bool = False) -> None:
         stats = (completion := request.result()).stats
         if stats.finish_reason == "error":
             raise ApiError(500, stats.error or "generation failed", type="server_error")
         if stats.finish_reason == "cancelled":  # the client hung up, or the server is stopping
             raise ApiError(503, "the request was cancelled", type="server_error", code="cancelled",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
-        message = {"role": "assistant", "content": completion.answer,
-                   "reasoning_content": completion.reasoning or None}
+        content, calls = parse_tool_calls(completion.answer) if parse_calls else (completion.answer, [])
+        message = {"role": "assistant", "content": (content.strip() or None) if calls else content,
+                   "reasoning_content": completion.reasoning or None,
+                   **({"tool_calls": [tool_call(c) for c in calls]} if calls else {})}
         self._json(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": self.server_state.model_id,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(stats), "logprobs": None,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(stats, bool(calls)), "logprobs": None,
                          **thinking_flag(stats)}],
             "usage": usage(stats),
         })
 
-    def _stream(self, request, include_usage: bool) -> None:
+    def _stream(self, request, include_usage: bool, parse_calls: bool = False) -> None:
         chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         model = self.server_state.model_id
 
@@ -340,17 +362,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         self._event(chunk({"role": "assistant", "content": ""}))
+        calls = ToolCallParser() if parse_calls else None
         for event in request.events():
             if isinstance(event, Reasoning):
                 self._event(chunk({"reasoning_content": event.text}))
-            elif isinstance(event, Answer):
+            elif isinstance(event, Answer) and calls is None:
                 self._event(chunk({"content": event.text}))
+            elif isinstance(event, Answer):
+                for piece in calls.feed(event.text):
+                    self._event(chunk(answer_delta(piece)))
             elif isinstance(event, Done):
+                for piece in calls.finish() if calls else ():
+                    self._event(chunk(answer_delta(piece)))
                 stats = event.stats
                 if stats.finish_reason == "error":
                     self._event(error_body(stats.error or "generation failed", type="server_error"))
                 else:
-                    final = chunk({}, finish_reason(stats))
+                    final = chunk({}, finish_reason(stats, bool(calls and calls.calls)))
                     final["choices"][0].update(thinking_flag(stats))
                     self._event(final)
                     if include_usage:
