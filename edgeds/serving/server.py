@@ -3,6 +3,10 @@
 - `POST /v1/chat/completions`, streamed (SSE) or not. The reasoning comes split out as
   `reasoning_content`, as DeepSeek's API and llama-server do, the answer as `content`, and
   `usage` counts reasoning tokens in `completion_tokens_details.reasoning_tokens`.
+- Tool calling (OpenAI's `tools`, `tool_choice`, `parallel_tool_calls`, `tool` turns):
+  edgeds.runtime.tools puts the tools into the prompt (and a grammar, when tool_choice
+  demands a call); the answer's DeepSeek call blocks come back as `tool_calls`, whole or
+  streamed as OpenAI streams them (edgeds.runtime.tool_parser), with finish_reason "tool_calls".
 - `GET /v1/models`, `GET /health`.
 - Concurrent requests share the scheduler's slots; one that finds them all busy waits its
   turn, and none interrupts another. When more requests wait than `max_queue`, a new one gets
@@ -341,8 +345,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": self.server_state.model_id,
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(stats, bool(calls)), "logprobs": None,
-                         **thinking_flag(stats)}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(stats, bool(calls)),
+                         "logprobs": None, **thinking_flag(stats)}],
             "usage": usage(stats),
         })
 
