@@ -16,7 +16,7 @@ import pytest
 from edgeds.runtime import Engine
 from edgeds.runtime.scheduler import Scheduler
 from edgeds.serving.server import Server
-from tests.conftest import R1_QWEN_TOKENIZER
+from tests.conftest import R1_QWEN_TOKENIZER, V3_TOKENIZER
 
 WEATHER = {
     "type": "function",
@@ -119,6 +119,34 @@ def test_streamed_call_matches_the_whole_reply(client):
     assert "".join(fragments) == expected.function.arguments
     check_call(expected.function.name, expected.function.arguments)
     assert finish == "tool_calls"
+
+
+@pytest.fixture(scope="module")
+def v3_template_server(tiny_r1_gguf):
+    """The tiny model under DeepSeek-V3's template: no reasoning template, so the answer streams
+    token by token (under the R1 template without the think prefix it is held back to the end,
+    in case a bare </think> shows it was reasoning)."""
+    v3 = json.loads((V3_TOKENIZER / "tokenizer_config.json").read_text())["chat_template"]
+    with Engine(tiny_r1_gguf, n_ctx=256, chat_template=v3) as engine:
+        with Scheduler(engine, parallel=1, seq_ctx=2048) as scheduler:
+            server = Server(scheduler, port=0)
+            server.start()
+            yield server
+            server.shutdown()
+
+
+def test_call_arguments_stream_in_fragments(v3_template_server):
+    client = openai.OpenAI(base_url=v3_template_server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    deltas = []
+    for chunk in client.chat.completions.create(model="any", messages=ASK, tools=[WEATHER], tool_choice="required",
+                                                parallel_tool_calls=False, max_tokens=200, seed=7, stream=True):
+        deltas += chunk.choices[0].delta.tool_calls or []
+        assert not chunk.choices[0].delta.content
+    assert deltas[0].function.name == "get_weather" and deltas[0].id.startswith("call_")
+    fragments = [d.function.arguments for d in deltas[1:]]
+    assert len(fragments) > 3  # as the tokens come, with the end marker's beginnings held back
+    assert not any("`" in f or "<｜" in f for f in fragments)
+    check_call("get_weather", "".join(fragments))
 
 
 def test_tool_choice_none_is_plain_text(client):
