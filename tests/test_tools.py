@@ -158,3 +158,19 @@ def test_too_many_or_too_big_tools_are_refused():
     huge = [{"type": "function", "function": {"name": "f", "description": "x" * 70_000}}]
     with pytest.raises(RequestError, match="characters as JSON"):
         check_tool_request({"tools": huge})
+
+
+def test_deep_or_huge_schemas_are_refused_before_conversion():
+    deep: dict = {"type": "string"}
+    for _ in range(2000):  # deeper than Python's recursion limit
+        deep = {"type": "object", "properties": {"a": deep}}
+    with pytest.raises(RequestError, match=r"tools\[0\] nests deeper than 32 levels"):
+        check_tool_request({"tools": [{"type": "function", "function": {"name": "f", "parameters": deep}}]})
+    long = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 10**9}}}
+    with pytest.raises(RequestError, match="maxLength 1000000000; the limit is 1000"):
+        check_tool_request({"tools": [{"type": "function", "function": {"name": "f", "parameters": long}}]})
+    nested = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 500}}}
+    request = check_tool_request({"tools": [{"type": "function", "function": {"name": "f", "parameters": nested}}],
+                                  "tool_choice": "required"})
+    with pytest.raises(RequestError, match="too big a grammar"):  # within the count, still too deep for llama.cpp
+        request.grammar()

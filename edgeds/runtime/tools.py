@@ -30,14 +30,20 @@ from edgeds.runtime.tool_parser import CALL_BEGIN, CALL_END, CALLS_BEGIN, CALLS_
 
 @dataclass(frozen=True)
 class ToolLimits:
+    """What a request's tools may be. The JSON-schema converter writes a rule as long as each
+    length or count a schema asks for (and llama.cpp expands it again): bound them first."""
+
     max_tools: int = 128
     max_chars: int = 64 * 1024  # all tool definitions, as compact JSON
+    max_depth: int = 32  # nested objects and lists in one tool definition
+    max_count: int = 1000  # the largest maxLength, minItems, … a schema may ask for
 
 
 TOOL_LIMITS = ToolLimits()
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CHOICES = ("none", "auto", "required")
 REFUSED_FIELDS = {"functions": "tools", "function_call": "tool_choice"}  # OpenAI's old names
+COUNT_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
 
 # The system prompt that describes the tools to a template that does not render them.
 TOOLS_PROMPT = """## Tools
@@ -119,6 +125,8 @@ def _check_tools(tools: Any, limits: ToolLimits) -> list[dict]:
         return []
     if not isinstance(tools, list) or len(tools) > limits.max_tools:
         raise RequestError("tools", f"'tools' must be a list of at most {limits.max_tools} tools")
+    for i, tool in enumerate(tools):
+        _check_shape(tool, f"tools[{i}]", limits)
     size = len(json.dumps(tools, ensure_ascii=False, separators=(",", ":")))
     if size > limits.max_chars:
         raise RequestError("tools", f"'tools' is {size} characters as JSON; the limit is {limits.max_chars}")
@@ -146,6 +154,23 @@ def _check_tools(tools: Any, limits: ToolLimits) -> list[dict]:
                  "parameters": {"type": "object", **parameters}}
         clean.append({"type": "function", "function": entry})
     return clean
+
+
+def _check_shape(tool: Any, key: str, limits: ToolLimits) -> None:
+    """Depth and counts, walked without recursion (a deep tool must not overflow the stack)."""
+    stack = [(tool, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limits.max_depth:
+            raise RequestError(key, f"{key} nests deeper than {limits.max_depth} levels")
+        if isinstance(value, dict):
+            for name, item in value.items():
+                big = isinstance(item, (int, float)) and not isinstance(item, bool) and item > limits.max_count
+                if name in COUNT_KEYWORDS and big:
+                    raise RequestError(key, f"{key} asks for {name} {item}; the limit is {limits.max_count}")
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
 
 
 def _check_choice(choice: Any, names: list[str]) -> tuple[str, str | None]:
