@@ -113,7 +113,8 @@ def check_tool_request(data: Mapping[str, Any], limits: ToolLimits = TOOL_LIMITS
             raise RequestError(old, f"'{old}' is OpenAI's deprecated form; send '{new}' instead")
     tools = _check_tools(data.get("tools"), limits)
     names = [t["function"]["name"] for t in tools]
-    parallel = data.get("parallel_tool_calls", True)
+    parallel = data.get("parallel_tool_calls")
+    parallel = True if parallel is None else parallel
     if not isinstance(parallel, bool):
         raise RequestError("parallel_tool_calls", "'parallel_tool_calls' must be true or false")
     choice, name = _check_choice(data.get("tool_choice"), names)
