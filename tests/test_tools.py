@@ -174,3 +174,19 @@ def test_deep_or_huge_schemas_are_refused_before_conversion():
                                   "tool_choice": "required"})
     with pytest.raises(RequestError, match="too big a grammar"):  # within the count, still too deep for llama.cpp
         request.grammar()
+
+
+def test_calls_echoed_back_with_their_text_still_render():
+    """A reply with text before its calls comes back from clients with both; DeepSeek's template
+    would render the text and drop the calls, so the calls win."""
+    r1 = chat_template(R1_QWEN_TOKENIZER)
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "content": "Let me check.", "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "Rain"}]
+    plan = plan_tools(check_tool_request({}), history, r1, "tiny")
+    text = template.render(r1, template.answer_only(plan.messages), bos_token="", eos_token="").text
+    assert "<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Oslo\"}\n```" in text and "Let me check." not in text
+    assert renders_tool_calls(r1, "text") is False and history[1]["content"] == "Let me check."
+    own = "{% for m in messages %}{{ m.content }}{% for c in m.tool_calls or [] %}{{ c.function.name }}{% endfor %}{% endfor %}"
+    assert plan_tools(check_tool_request({}), history, own, "m").messages == history  # renders both: left alone

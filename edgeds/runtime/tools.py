@@ -10,7 +10,9 @@ checked, and turned into what the model sees.
   lets the model write a valid call block (edgeds.runtime.tool_grammar); "none" leaves the
   tools out and the reply unparsed.
 - A template that renders no tool calls at all (SmolLM2's) cannot hold a tool conversation: a
-  request with tools or tool turns is refused, naming the model.
+  request with tools or tool turns is refused, naming the model. One that renders an assistant
+  turn's calls only when its content is null (DeepSeek's) gets them that way: the text the model
+  wrote before its calls is left out of later prompts, as its reasoning is.
 """
 
 from __future__ import annotations
@@ -201,10 +203,10 @@ _PROBE_OUTPUT = "edgeds-probe-output"
 
 
 @lru_cache(maxsize=16)
-def renders_tool_calls(chat_template: str | None) -> bool:
-    """The template renders an assistant's tool calls and the tools' outputs."""
+def renders_tool_calls(chat_template: str | None, content: str | None = None) -> bool:
+    """The template renders an assistant's tool calls (made with `content`) and the tools' outputs."""
     call = {"id": "call_0", "type": "function", "function": {"name": _PROBE_TOOL, "arguments": "{}"}}
-    history = [{"role": "user", "content": "?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+    history = [{"role": "user", "content": "?"}, {"role": "assistant", "content": content, "tool_calls": [call]},
                {"role": "tool", "tool_call_id": "call_0", "content": _PROBE_OUTPUT}]
     text = _probe(chat_template, history, None)
     return _PROBE_TOOL in text and _PROBE_OUTPUT in text
@@ -242,11 +244,19 @@ def plan_tools(request: ToolRequest, messages: list[dict], chat_template: str | 
         key = "tools" if request.active else "messages"
         raise RequestError(key, f"{model} cannot call tools: its chat template renders no tool calls "
                            "(send tools to a model whose template does, such as DeepSeek's, or tool_choice \"none\")")
+    if tool_turns and not renders_tool_calls(chat_template, "text"):
+        messages = _calls_without_text(messages)
     if not request.active:
         return ToolPlan(messages)
     if renders_tool_definitions(chat_template):
         return ToolPlan(messages, list(request.tools), parse=True, grammar=request.grammar())
     return ToolPlan(_with_tools_prompt(messages, tools_prompt(request)), parse=True, grammar=request.grammar())
+
+
+def _calls_without_text(messages: list[dict]) -> list[dict]:
+    """DeepSeek's templates render an assistant turn's calls only when it has no content (and
+    drop the calls otherwise): the calls matter to what follows, the text before them less."""
+    return [{**m, "content": None} if m.get("tool_calls") else m for m in messages]
 
 
 def _with_tools_prompt(messages: list[dict], prompt: str) -> list[dict]:
