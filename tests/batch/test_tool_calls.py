@@ -38,6 +38,9 @@ WEATHER = {
 CLOCK = {"type": "function", "function": {"name": "get_time", "parameters": {
     "type": "object", "properties": {"zone": {"type": "string", "maxLength": 6}}, "required": ["zone"]}}}
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, CLOCK)}
+DEEP: dict = {"type": "string"}
+for _ in range(300):
+    DEEP = {"type": "object", "properties": {"a": DEEP}}
 ASK = [{"role": "user", "content": "What is the weather in Paris for the next 3 days?"}]
 
 
@@ -162,6 +165,7 @@ def test_tool_choice_none_is_plain_text(client):
      "tools[1].function.parameters"),
     ({"tools": [WEATHER, WEATHER]}, "tools[1].function.name"),
     ({"tools": {"get_weather": WEATHER}}, "tools"),
+    ({"tools": [WEATHER, {"type": "function", "function": {"name": "deep", "parameters": DEEP}}]}, "tools[1]"),
     ({"tools": [WEATHER], "tool_choice": named("get_time")}, "tool_choice.function.name"),
     ({"tools": [WEATHER], "tool_choice": "always"}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
