@@ -73,7 +73,7 @@ def test_batch_rows_and_serve_requests_take_the_sampling_fields():
     assert (row.error, row.params.top_k, row.params.min_p, row.params.repeat_penalty) == (None, 20, 0.1, 1.2)
     bad = parse_row('{"id": 2, "prompt": "hi", "repeat_penalty": 0.5}', index=1, line=2, defaults=GenerationParams())
     assert bad.error == "line 2: 'repeat_penalty' is out of range (must be between 1 and 2)"
-    _, params, _, _ = parse_request(b'{"messages": [{"role": "user", "content": "hi"}], "min_p": 0.2}',
+    _, params, *_ = parse_request(b'{"messages": [{"role": "user", "content": "hi"}], "min_p": 0.2}',
                                     GenerationParams(top_k=40, min_p=0.05))
     assert (params.top_k, params.min_p) == (40, 0.2)  # the server's default, the request's own
     with pytest.raises(ApiError) as err:

@@ -47,6 +47,8 @@ def serve(
     """Serve /v1/chat/completions and /v1/completions (streaming too), /v1/models and /health.
 
     --top-k, --min-p and --repeat-penalty are the server's defaults for requests that do not set them.
+    Requests may carry OpenAI `tools` and `tool_choice` where the model's chat template renders tool
+    calls (DeepSeek's do); calls come back as `tool_calls`.
     """
     import sys
 

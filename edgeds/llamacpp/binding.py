@@ -371,11 +371,13 @@ class Sampler:
 class TextStream:
     """Token ids → text pieces, holding back bytes of a UTF-8 character split across tokens.
 
-    Think tags render as text even where the vocabulary marks them as control tokens, so the
-    reasoning splitter sees them; other control tokens (EOS, …) render as nothing.
+    Think tags and DeepSeek's tool-call markers render as text even where the vocabulary marks
+    them as control tokens, so the reasoning splitter and the tool-call parser see them; other
+    control tokens (EOS, …) render as nothing.
     """
 
-    TAGS = ("<think>", "</think>")
+    TAGS = ("<think>", "</think>", "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>",
+            "<｜tool▁call▁end｜>", "<｜tool▁sep｜>")
 
     def __init__(self, model: Model):
         self.model = model
@@ -393,12 +395,12 @@ class TextStream:
 
 
 def _tag_tokens(model: Model) -> dict[int, str]:
-    cache = getattr(model, "_think_tag_tokens", None)
+    cache = getattr(model, "_shown_tag_tokens", None)
     if cache is None:
         cache = {}
         for tag in TextStream.TAGS:
             ids = model.tokenize(tag, add_special=False, parse_special=True)
             if len(ids) == 1:
                 cache[ids[0]] = tag
-        model._think_tag_tokens = cache
+        model._shown_tag_tokens = cache
     return cache

@@ -139,14 +139,14 @@ class Engine:
         """Stop the running generation at the next token; it ends with finish_reason cancelled."""
         self._cancel.set()
 
-    def prompt_tokens(self, messages: list[dict]) -> tuple[list[int], bool]:
+    def prompt_tokens(self, messages: list[dict], tools: list[dict] | None = None) -> tuple[list[int], bool]:
         """The token ids of the rendered conversation, and whether it opened a think block
-        (the template did, or the think prefix was appended)."""
+        (the template did, or the think prefix was appended). `tools` go to the template."""
         history = template.answer_only(messages, allow_system=self.allow_system)
         bos = self.model.token_text(self.model.bos_id) if self.model.bos_id >= 0 else ""
         eos = self.model.token_text(self.model.eos_id) if self.model.eos_id >= 0 else ""
         prompt = template.render(self.chat_template, history, bos_token=bos, eos_token=eos,
-                                 source=f"the chat template of {self.model.path.name}")
+                                 source=f"the chat template of {self.model.path.name}", tools=tools)
         if self.think_prefix:
             prompt = template.open_think(prompt)
         try:

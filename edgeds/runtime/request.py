@@ -5,6 +5,7 @@ line number, an HTTP 400 with `param`); the rules and their wording live here.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from typing import Any, Callable, Mapping
@@ -14,8 +15,9 @@ from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.structured import response_format_grammar
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system turn
+MAX_TOOL_CALLS = 128  # tool calls in one assistant message
 
 # field → (kind, lowest, highest); the sampling fields every front end accepts.
 SAMPLING_FIELDS: dict[str, tuple[str, float | None, float | None]] = {
@@ -53,7 +55,8 @@ def type_name(value: Any) -> str:
 
 def check_messages(messages: Any) -> list[dict]:
     """The conversation as [{role, content}] with string content (a list of text parts is
-    joined); anything else is a RequestError naming the message and field."""
+    joined), plus `tool_calls` / `tool_call_id` on tool-calling turns; anything else is a
+    RequestError naming the message and field."""
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages", "'messages' must be a non-empty list")
     clean = []
@@ -65,8 +68,45 @@ def check_messages(messages: Any) -> list[dict]:
         if role not in ROLES:
             raise RequestError(f"messages[{i}].role",
                                f"messages[{i}].role must be one of {', '.join([*ROLES, *ROLE_ALIASES])}")
-        clean.append({"role": role, "content": _text(message.get("content"), i)})
+        clean.append({"role": role, "content": _text(message.get("content"), i), **_tool_fields(message, i)})
     return clean
+
+
+# -- tool calling: an assistant turn's `tool_calls` (its content may be null), a tool result's
+# `tool_call_id`. Chat templates render a call only when the assistant's content is None.
+def _tool_fields(message: dict, i: int) -> dict:
+    role, calls = message["role"], message.get("tool_calls")
+    if role == "tool":
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise RequestError(f"messages[{i}].tool_call_id", f"messages[{i}].tool_call_id must be a string")
+        return {"tool_call_id": call_id}
+    if calls is None:
+        return {}
+    key = f"messages[{i}].tool_calls"
+    if role != "assistant":
+        raise RequestError(key, f"{key} is only allowed on assistant messages")
+    if not isinstance(calls, list) or not 0 < len(calls) <= MAX_TOOL_CALLS:
+        raise RequestError(key, f"{key} must be a list of 1 to {MAX_TOOL_CALLS} calls")
+    clean = [_tool_call(call, f"{key}[{j}]") for j, call in enumerate(calls)]
+    return {"tool_calls": clean, **({} if _text(message.get("content"), i) else {"content": None})}
+
+
+def _tool_call(call: Any, key: str) -> dict:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or call.get("type", "function") != "function":
+        raise RequestError(key, f"{key} must be {{\"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}}")
+    name, arguments, call_id = function.get("name"), function.get("arguments", ""), call.get("id", "")
+    if not isinstance(name, str) or not name:
+        raise RequestError(f"{key}.function.name", f"{key}.function.name must be a non-empty string")
+    if isinstance(arguments, dict):  # some clients send the object itself
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    if not isinstance(arguments, str):
+        raise RequestError(f"{key}.function.arguments", f"{key}.function.arguments must be a JSON string")
+    if not isinstance(call_id, str):
+        raise RequestError(f"{key}.id", f"{key}.id must be a string")
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+# -- end of tool calling
 
 
 def _text(content: Any, i: int) -> str:

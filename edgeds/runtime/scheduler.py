@@ -132,10 +132,11 @@ class Scheduler:
     # -- submitting ------------------------------------------------------------------------
 
     def submit(self, messages: list[dict] | str, params: GenerationParams | None = None,
-               on_done: Callable[[Completion], None] | None = None) -> Request:
+               on_done: Callable[[Completion], None] | None = None, tools: list[dict] | None = None) -> Request:
         """Queue a conversation; it starts as soon as a slot is free. `on_done` gets the
         Completion on the scheduler's thread (keep it short: hand it to a queue). A string
         instead of messages is a raw prompt (no chat template; plain text out, see rawtext).
+        `tools` go to the chat template.
 
         The prompt is rendered and tokenized here, so a bad conversation fails at once.
 
@@ -145,7 +146,7 @@ class Scheduler:
         """
         raw = isinstance(messages, str)
         tokens, opens_think = (raw_prompt_tokens(self.model, messages), False) if raw \
-            else self.engine.prompt_tokens(messages)
+            else self.engine.prompt_tokens(messages, tools)
         if len(tokens) >= self.seq_ctx:
             raise ContextOverflow(
                 f"the prompt is {len(tokens)} tokens but a sequence's context holds {self.seq_ctx}"

@@ -58,11 +58,11 @@ def answer_only(messages: list[dict], *, allow_system: bool = True) -> list[dict
     out: list[dict] = []
     for message in check_messages(messages):
         role, content = message["role"], message["content"]
-        if role == "assistant":
+        if role == "assistant" and content:
             content = THINK_BLOCK.sub("", content)
             if "</think>" in content:
                 content = content.split("</think>", 1)[1].lstrip()
-        out.append({"role": role, "content": content})
+        out.append({**message, "content": content})  # tool calling turns keep their tool_calls / tool_call_id
     if not allow_system:
         out = _fold_system(out)
     return out
@@ -94,8 +94,10 @@ def _compile(template: str, limits: RenderLimits):
 
 
 def render(template: str | None, messages: list[dict], *, bos_token: str, eos_token: str,
-           source: str = "the chat template", limits: RenderLimits = RENDER_LIMITS) -> Prompt:
-    """Render the conversation with the generation prompt appended.
+           source: str = "the chat template", limits: RenderLimits = RENDER_LIMITS,
+           tools: list[dict] | None = None) -> Prompt:
+    """Render the conversation with the generation prompt appended (and `tools`, OpenAI's tool
+    definitions, for templates that render them; none given leaves `tools` undefined).
 
     The template is untrusted code (it comes with the model file): it runs in a sandbox with
     `limits` on time and size, and any failure (a syntax error, `raise_exception`, a division
@@ -110,8 +112,9 @@ def render(template: str | None, messages: list[dict], *, bos_token: str, eos_to
     try:
         with budget.running():
             compiled = _compile(template or CHATML, limits)
+            extra = {"tools": tools} if tools else {}
             for piece in compiled.generate(messages=messages, add_generation_prompt=True,
-                                           bos_token=bos_token, eos_token=eos_token):
+                                           bos_token=bos_token, eos_token=eos_token, **extra):
                 size += len(piece)
                 if size > limits.max_chars:
                     raise OverBudget(f"its output is over {limits.max_chars} characters")

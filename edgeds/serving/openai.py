@@ -1,11 +1,12 @@
 """OpenAI's chat-completions wire format, both ways: `edgeds serve` writes it, the remote
-client reads it. Stats ↔ `usage`, finish reasons, and the error object."""
+client reads it. Stats ↔ `usage`, finish reasons, tool calls, and the error object."""
 
 from __future__ import annotations
 
 from typing import Iterable
 
 from edgeds.events import Answer, Stats, TokenLogprob
+from edgeds.runtime.tool_parser import CallStart, Piece, Text, ToolCall
 
 # what servers send as finish_reason → edgeds' finish reasons
 FINISH_FROM_WIRE = {"stop": "stop", "length": "length", "eos": "stop", "content_filter": "stop", "tool_calls": "stop"}
@@ -52,8 +53,27 @@ def token_counts(usage: dict) -> tuple[int, int, int]:
     return int(usage.get("prompt_tokens") or 0), reasoning, max(completion - reasoning, 0)
 
 
-def finish_reason(stats: Stats) -> str:
-    return "length" if stats.finish_reason == "length" else "stop"
+def finish_reason(stats: Stats, called: bool = False) -> str:
+    """`called`: the reply holds tool calls."""
+    if stats.finish_reason == "length":
+        return "length"
+    return "tool_calls" if called else "stop"
+
+
+def tool_call(call: ToolCall) -> dict:
+    """One entry of a message's `tool_calls`."""
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def answer_delta(piece: Piece) -> dict:
+    """A stream chunk's delta for a piece of a parsed answer: content, a call's start (id, type,
+    name, empty arguments) or the next fragment of its arguments, as OpenAI streams them."""
+    if isinstance(piece, Text):
+        return {"content": piece.text}
+    if isinstance(piece, CallStart):
+        function = {"name": piece.name, "arguments": ""}
+        return {"tool_calls": [{"index": piece.index, "id": piece.id, "type": "function", "function": function}]}
+    return {"tool_calls": [{"index": piece.index, "function": {"arguments": piece.text}}]}
 
 
 def thinking_flag(stats: Stats) -> dict:

@@ -14,6 +14,10 @@
 - Every field of OpenAI's request is honoured, ignored where that cannot change the reply, or
   refused with a 400 naming it (edgeds.serving.chat_fields); `n` choices run as n sequences
   (seed, seed+1, …) and stream with their index; `logprobs` come per answer token.
+- Tool calling (OpenAI's `tools`, `tool_choice`, `parallel_tool_calls`, `tool` turns):
+  edgeds.runtime.tools puts the tools into the prompt (and a grammar, when tool_choice
+  demands a call); the answer's DeepSeek call blocks come back as `tool_calls`, whole or
+  streamed as OpenAI streams them (edgeds.runtime.tool_parser), with finish_reason "tool_calls".
 - Concurrent requests share the scheduler's slots; one that finds them all busy waits its
   turn, and none interrupts another. When more requests wait than `max_queue`, a new one gets
   503 with Retry-After. A client that hangs up, while its reply streams or while it waits for
@@ -54,12 +58,15 @@ from edgeds.events import Answer, Done, Event, Reasoning, Stats, collect
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.request import RequestError, check_messages, sampling_params
 from edgeds.runtime.scheduler import Scheduler
+from edgeds.runtime.tool_parser import ToolCallParser, parse_tool_calls
+from edgeds.runtime.tools import ToolPlan, ToolRequest, check_tool_request, plan_tools
 from edgeds.serving.completions import BadBody, TextReply, parse_completion
 from edgeds.serving.cors import CorsPolicy
 from edgeds.serving.http import (HangupWatch, HttpError, HttpLimits, TimedReader, body_length, check_json_type,
                                  linger, read_body)
 from edgeds.serving.chat_fields import check_fields, choices
-from edgeds.serving.openai import error_body, finish_reason, logprobs_of, thinking_flag, total_usage
+from edgeds.serving.openai import (answer_delta, error_body, finish_reason, logprobs_of, thinking_flag, tool_call,
+                                   total_usage)
 
 QUEUE_PER_SLOT = 4  # default --max-queue: requests that may wait, per slot
 RETRY_AFTER_S = 1
@@ -95,12 +102,13 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     n: int = 1
+    tools: ToolRequest | None = None
 
 
 def parse_chat(body: bytes, defaults: GenerationParams = GenerationParams(), max_n: int = 1) -> ChatRequest:
-    """A chat completion request → its messages, params over `defaults`, stream options and n
-    (at most `max_n`); ApiError(400) naming the field if bad (edgeds.serving.chat_fields says
-    what happens to every field)."""
+    """A chat completion request → its messages, params over `defaults`, stream options, n
+    (at most `max_n`) and tool fields; ApiError(400) naming the field if bad
+    (edgeds.serving.chat_fields says what happens to every field)."""
     try:
         data = json.loads(body or b"null")
     except (ValueError, UnicodeDecodeError) as err:
@@ -116,6 +124,7 @@ def parse_chat(body: bytes, defaults: GenerationParams = GenerationParams(), max
         messages = check_messages(data.get("messages"))
         params = sampling_params(data, defaults)
         n = choices(data, max_n)
+        tools = check_tool_request(data)
     except RequestError as err:
         raise ApiError(400, str(err), param=err.key) from None
     stream = data.get("stream", False)
@@ -125,7 +134,7 @@ def parse_chat(body: bytes, defaults: GenerationParams = GenerationParams(), max
         raise ApiError(400, "'stream' must be true or false", param="stream")
     options = data.get("stream_options") or {}
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    return ChatRequest(messages, params, stream, include_usage, n)
+    return ChatRequest(messages, params, stream, include_usage, n, tools)
 
 
 def parse_request(body: bytes, defaults: GenerationParams = GenerationParams()
@@ -133,6 +142,22 @@ def parse_request(body: bytes, defaults: GenerationParams = GenerationParams()
     """`parse_chat` as (messages, params, stream, include_usage), for a request with n=1."""
     chat = parse_chat(body, defaults)
     return chat.messages, chat.params, chat.stream, chat.include_usage
+
+
+def apply_tools(tools: ToolRequest, messages: list[dict], params: GenerationParams, scheduler: Scheduler,
+                model_id: str) -> tuple[ToolPlan, GenerationParams]:
+    """The request's tools in the prompt (and its grammar, when tool_choice demands a call);
+    ApiError(400) when the model cannot call tools."""
+    try:
+        plan = plan_tools(tools, messages, scheduler.engine.chat_template, model_id)
+    except RequestError as err:
+        raise ApiError(400, str(err), param=err.key) from None
+    if plan.grammar:
+        if params.grammar:
+            raise ApiError(400, "'grammar' and 'response_format' cannot be combined with a tool_choice that "
+                           "demands a call", param="tool_choice")
+        params = replace(params, grammar=plan.grammar)
+    return plan, params
 
 
 class Server:
@@ -356,15 +381,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         state = self.server_state
         chat = parse_chat(self._read_body(), state.defaults, max_n=state.scheduler.parallel)
+        plan, params = apply_tools(chat.tools, chat.messages, chat.params, state.scheduler, state.model_id)
         requests: list = []
         admitted = 0
         try:
             for i in range(chat.n):  # each choice its own sequence, seeded seed, seed+1, …
                 state.admit()
                 admitted += 1
-                params = chat.params if chat.params.seed is None else replace(chat.params, seed=chat.params.seed + i)
+                seeded = params if params.seed is None else replace(params, seed=params.seed + i)
                 try:
-                    requests.append(state.scheduler.submit(chat.messages, params))
+                    requests.append(state.scheduler.submit(plan.messages, seeded, tools=plan.template_tools))
                 except ContextOverflow as err:
                     raise ApiError(400, str(err), param="messages", code="context_length_exceeded") from None
                 except EdgedsError as err:
@@ -372,9 +398,9 @@ class _Handler(BaseHTTPRequestHandler):
             watch = state.hangups.watch(self.connection, lambda: [r.cancel() for r in requests])
             try:
                 if chat.stream:
-                    self._stream(requests, chat.include_usage, chat.params.logprobs)
+                    self._stream(requests, chat.include_usage, params.logprobs, plan.parse)
                 else:
-                    self._complete(requests, chat.params.logprobs)
+                    self._complete(requests, params.logprobs, plan.parse)
             finally:
                 state.hangups.unwatch(watch)
         finally:
@@ -467,7 +493,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- replies ---------------------------------------------------------------------------
 
-    def _complete(self, requests: list, logprobs: bool | None) -> None:
+    def _complete(self, requests: list, logprobs: bool | None, parse_calls: bool = False) -> None:
         replies = []
         for request in requests:
             events = list(request.events())
@@ -481,9 +507,12 @@ class _Handler(BaseHTTPRequestHandler):
                                headers={"Retry-After": str(RETRY_AFTER_S)})
         out = []
         for index, (completion, events) in enumerate(replies):
-            message = {"role": "assistant", "content": completion.answer,
-                       "reasoning_content": completion.reasoning or None}
-            out.append({"index": index, "message": message, "finish_reason": finish_reason(completion.stats),
+            content, calls = parse_tool_calls(completion.answer) if parse_calls else (completion.answer, [])
+            message = {"role": "assistant", "content": (content.strip() or None) if calls else content,
+                       "reasoning_content": completion.reasoning or None,
+                       **({"tool_calls": [tool_call(c) for c in calls]} if calls else {})}
+            out.append({"index": index, "message": message,
+                        "finish_reason": finish_reason(completion.stats, bool(calls)),
                         "logprobs": logprobs_of(events) if logprobs else None, **thinking_flag(completion.stats)})
         self._json(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
@@ -491,7 +520,7 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": total_usage([completion.stats for completion, _ in replies]),
         })
 
-    def _stream(self, requests: list, include_usage: bool, logprobs: bool | None) -> None:
+    def _stream(self, requests: list, include_usage: bool, logprobs: bool | None, parse_calls: bool = False) -> None:
         chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         model = self.server_state.model_id
 
@@ -511,19 +540,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._event(chunk(index, {"role": "assistant", "content": ""}))
         done: list[Stats] = []
         failed = False
+        parsers = [ToolCallParser() for _ in requests] if parse_calls else None
         for index, event in _merged(requests):
+            calls = parsers[index] if parsers else None
             if isinstance(event, Reasoning):
                 self._event(chunk(index, {"reasoning_content": event.text}))
-            elif isinstance(event, Answer):
+            elif isinstance(event, Answer) and calls is None:
                 self._event(chunk(index, {"content": event.text}, events=[event]))
+            elif isinstance(event, Answer):
+                for piece in calls.feed(event.text):
+                    self._event(chunk(index, answer_delta(piece)))
             elif isinstance(event, Done):
+                for piece in calls.finish() if calls else ():
+                    self._event(chunk(answer_delta(piece)))
                 stats = event.stats
                 done.append(stats)
                 if stats.finish_reason == "error":
                     failed = True
                     self._event(error_body(stats.error or "generation failed", type="server_error"))
                 else:
-                    final = chunk(index, {}, finish_reason(stats))
+                    final = chunk(index, {}, finish_reason(stats, bool(calls and calls.calls)))
                     final["choices"][0].update(thinking_flag(stats))
                     self._event(final)
         if include_usage and not failed:
