@@ -25,6 +25,7 @@ from edgeds.llamacpp.binding import Context, Sampler, SamplingParams
 from edgeds.runtime.engine import Engine, PhaseStream
 from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.params import GenerationParams
+from edgeds.runtime.speculative import verify
 
 DEFAULT_SEQ_CTX = 4096
 
@@ -78,6 +79,8 @@ class _Slot:
         self.fed = 0  # prompt tokens decoded so far
         self.pos = 0  # next KV position
         self.last: int | None = None  # sampled token not yet decoded
+        self.tokens = list(request.tokens)  # prompt + output so far (what a drafter reads)
+        self.draft = None  # its speculative.DraftState, when it decodes speculatively
         self.generated = 0
         self.reasoning: list[str] = []
         self.answer: list[str] = []
@@ -101,6 +104,9 @@ class Scheduler:
     quantized model (SmolLM2 Q4_1, sampled at 0.6), whose matmuls quantize each activation
     row on its own; an F32 model's float kernels can still differ in the last bits with the
     batch size, which flips near-tied samples late in a long reply.
+
+    With the engine's `speculation`, each slot drafts for its own sequence (a draft model gets
+    a context with one sequence per slot) and every slot's verify rows go in the same batch.
     """
 
     def __init__(self, engine: Engine, *, parallel: int = 4, seq_ctx: int | None = None,
@@ -114,6 +120,8 @@ class Scheduler:
         self.n_batch = max(n_batch, parallel)
         self.ctx = Context(self.model, n_ctx=parallel * self.seq_ctx, n_batch=self.n_batch,
                            n_seq_max=parallel, n_threads=n_threads or engine.n_threads, kv_unified=False)
+        self.speculation = engine.speculation and engine.speculation.for_slots(
+            parallel, self.seq_ctx, n_threads or engine.n_threads)
         self._waiting: deque[Request] = deque()
         self._slots: dict[int, _Slot] = {}
         self._wake = threading.Condition()
@@ -195,16 +203,21 @@ class Scheduler:
             self.ctx.forget(seq)
             self._slots[seq] = _Slot(seq, request, PhaseStream(self.model, request.opens_think,
                                                                 self.engine.reasoning_template))
+            if self.speculation and self.speculation.applies(request.params):
+                self._slots[seq].draft = self.speculation.start()
 
     def _step(self) -> None:
         items: list[tuple[int, int, int, bool]] = []
-        rows: list[_Slot] = []  # slots that get logits, in batch-row order
+        rows: list[tuple[_Slot, int]] = []  # slots that get logits, and their first logits row
         for slot in list(self._slots.values()):
             if slot.request.cancelled:
                 self._finish(slot, "cancelled")
-            elif slot.last is not None:
+        drafts = self._propose()
+        for slot in list(self._slots.values()):
+            if slot.last is not None:
+                rows.append((slot, len(items)))
                 items.append((slot.last, slot.pos, slot.seq, True))
-                rows.append(slot)
+                items += [(t, slot.pos + 1 + i, slot.seq, True) for i, t in enumerate(drafts.get(slot.seq, ()))]
         for slot in list(self._slots.values()):
             room = self.n_batch - len(items)
             if room <= 0:
@@ -213,36 +226,64 @@ class Scheduler:
                 continue
             chunk = slot.request.tokens[slot.fed: slot.fed + room]
             end = slot.fed + len(chunk)
+            if end == len(slot.request.tokens):
+                rows.append((slot, len(items) + len(chunk) - 1))
             for i, token in enumerate(chunk):
                 last = slot.fed + i == len(slot.request.tokens) - 1
                 items.append((token, slot.fed + i, slot.seq, last))
-            if end == len(slot.request.tokens):
-                rows.append(slot)
             slot.fed = end
         if not items:
             return
         self.ctx.decode(items)
-        logit_rows = [i for i, item in enumerate(items) if item[3]]
-        for row, slot in zip(logit_rows, rows):
+        for slot, row in rows:
             if slot.last is None:  # its prompt just finished
                 slot.pos = len(slot.request.tokens)
                 slot.timer.prompt_done()
+                self._sample(slot, row)
+            elif slot.seq in drafts:
+                self._verify(slot, row, drafts[slot.seq])
             else:
                 slot.pos += 1
-            self._sample(slot, row)
+                self._sample(slot, row)
+
+    def _propose(self) -> dict[int, list[int]]:
+        """Drafts of the speculating slots with a pending token, sized to their room."""
+        running = [s for s in self._slots.values() if s.last is not None]
+        asks = [s for s in running if s.draft is not None]
+        if not asks:
+            return {}
+        share = (self.n_batch - len(running)) // len(asks)
+        requests = [(s.seq, s.tokens, min(s.draft.length, share, self.seq_ctx - s.pos - 2,
+                                          s.request.params.max_tokens - s.generated - 1)) for s in asks]
+        return dict(zip((s.seq for s in asks), self.speculation.drafter.propose_many(requests)))
+
+    def _verify(self, slot: _Slot, row: int, draft: list[int]) -> None:
+        """Take the samples of a slot's verify rows (speculative.verify); drop rejected KV."""
+        out = verify(slot.sampler, self.ctx, range(row, row + len(draft) + 1), draft)
+        self.ctx.forget(slot.seq, slot.pos + len(out))
+        self.speculation.record(slot.draft, len(draft), len(out) - 1)
+        for token in out:
+            slot.pos += 1
+            if not self._take(slot, token):
+                return
 
     def _sample(self, slot: _Slot, row: int) -> None:
-        token = slot.sampler.sample(self.ctx, row)
+        self._take(slot, slot.sampler.sample(self.ctx, row))
+
+    def _take(self, slot: _Slot, token: int) -> bool:
+        """A sampled token: emit it, or finish the slot; False once it has finished."""
         slot.timer.token()
         if self.model.is_eog(token):
             self._finish(slot, "stop")
-            return
+            return False
         slot.generated += 1
         self._emit(slot, slot.phases.push(token))
         if slot.generated >= slot.request.params.max_tokens or slot.pos + 1 >= self.seq_ctx:
             self._finish(slot, "length")
-            return
+            return False
         slot.last = token
+        slot.tokens.append(token)
+        return True
 
     def _emit(self, slot: _Slot, events: list[Event]) -> None:
         for event in events:
@@ -258,7 +299,9 @@ class Scheduler:
                                  reasoning_tokens=slot.phases.reasoning_tokens,
                                  answer_tokens=slot.phases.answer_tokens,
                                  finish_reason=finish, error=error,  # type: ignore[arg-type]
-                                 stopped_thinking=slot.phases.stopped_thinking)
+                                 stopped_thinking=slot.phases.stopped_thinking,
+                                 draft_tokens=slot.draft.drafted if slot.draft else 0,
+                                 accepted_tokens=slot.draft.accepted if slot.draft else 0)
         self._done(slot.request, Completion("".join(slot.reasoning), "".join(slot.answer), stats))
 
     def _reject(self, request: Request, finish: str) -> None:
@@ -285,6 +328,8 @@ class Scheduler:
             self._closing = True
             self._wake.notify()
         self._thread.join()
+        if self.speculation:
+            self.speculation.close()
         self.ctx.close()
 
     def __enter__(self) -> "Scheduler":
