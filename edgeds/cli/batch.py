@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, read_grammar
+from edgeds.cli.options import Draft, DraftMax, MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, read_grammar
 from edgeds.errors import UsageError
 
 
@@ -40,6 +40,8 @@ def batch(
     threads: Optional[int] = Threads,
     no_think_prefix: bool = NoThinkPrefix,
     moe_offload: str = MoeOffload,
+    draft: Optional[str] = Draft,
+    draft_max: Optional[int] = DraftMax,
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file for every row."),
     json_summary: bool = typer.Option(False, "--json-summary", help="Print the summary as JSON on stdout."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal)."),
@@ -60,6 +62,8 @@ def batch(
     if endpoint:
         from edgeds.serving.remote import RemoteBackend
 
+        if draft or draft_max:
+            raise UsageError("--draft works on local models; the server at --endpoint decodes on its own")
         backend = RemoteBackend(endpoint, model=model, api_key=api_key, parallel=parallel, retries=retries)
     else:
         if not model:
@@ -67,7 +71,7 @@ def batch(
         from edgeds.loader import open_scheduler
 
         backend = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx, n_threads=threads, moe_offload=moe_offload,
-                                 think_prefix=not no_think_prefix)
+                                 think_prefix=not no_think_prefix, draft=draft, draft_max=draft_max)
         print(f"edgeds: {backend.engine.placement}", file=sys.stderr)
     try:
         summary = run_batch(input_path, output, backend, defaults=defaults, parallel=parallel,

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, read_grammar
+from edgeds.cli.options import Draft, DraftMax, MinP, MoeOffload, NoThinkPrefix, RepeatPenalty, Threads, TopK, read_grammar
 from edgeds.errors import UsageError
 
 
@@ -18,14 +18,15 @@ def on_terminal() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def model_opener(n_threads: int | None, think_prefix: bool):
-    """How the app opens models (its own, `workers.open_model`, with --threads and --no-think-prefix)."""
+def model_opener(n_threads: int | None, think_prefix: bool, draft: str | None = None, draft_max: int | None = None):
+    """How the app opens models (its own, `workers.open_model`, with --threads, --no-think-prefix
+    and --draft/--draft-max)."""
     from edgeds.loader import open_engine
     from edgeds.machine.hardware import threads_beside_ui
 
     def open_model(spec: str, *, n_ctx: int | None = None, moe_offload: str = "auto"):
         return open_engine(spec, n_ctx=n_ctx, n_threads=n_threads or threads_beside_ui(), moe_offload=moe_offload,
-                           pull=False, progress=False, think_prefix=think_prefix)
+                           pull=False, progress=False, think_prefix=think_prefix, draft=draft, draft_max=draft_max)
 
     return open_model
 
@@ -43,6 +44,8 @@ def chat(
     repeat_penalty: Optional[float] = RepeatPenalty,
     threads: Optional[int] = Threads,
     no_think_prefix: bool = NoThinkPrefix,
+    draft: Optional[str] = Draft,
+    draft_max: Optional[int] = DraftMax,
 ) -> None:
     """Chat with a model in a terminal UI; reasoning streams into a collapsible section."""
     if not on_terminal():
@@ -66,5 +69,8 @@ def chat(
         print(warning, file=sys.stderr)
     from edgeds.app import run_chat
 
-    opener = model_opener(threads, not no_think_prefix) if threads or no_think_prefix else None
+    if draft_max is not None and not draft:
+        raise UsageError("--draft-max needs --draft (a draft model, ngram or auto)")
+    opener = (model_opener(threads, not no_think_prefix, draft, draft_max)
+              if threads or no_think_prefix or draft else None)
     run_chat(model, n_ctx=n_ctx, system=system, moe_offload=moe_offload, params=params, open_model=opener)

@@ -25,6 +25,12 @@ NoThinkPrefix = typer.Option(False, "--no-think-prefix", help="Do not start R1-f
 TopK = typer.Option(None, "--top-k", min=0, help="Sample from the K likeliest tokens only (0: off, the model default).")
 MinP = typer.Option(None, "--min-p", min=0.0, max=1.0, help="Drop tokens below this fraction of the likeliest "
                     "one's probability (model default: 0.05).")
+Draft = typer.Option(None, "--draft", metavar="MODEL|ngram|auto", help="Speculative decoding: a smaller model "
+                     "with the same vocabulary (GGUF file or registry id) drafts tokens that the model checks in one "
+                     "batch; ngram drafts from the prompt and output themselves (prompt lookup); auto uses the "
+                     "registry's draft for the model when it is downloaded and fits. The output stays the same.")
+DraftMax = typer.Option(None, "--draft-max", min=1, max=64, help="Tokens drafted per step with --draft "
+                        "(default: adaptive, 1-16: more after a full accept, fewer after an early rejection).")
 RepeatPenalty = typer.Option(None, "--repeat-penalty", min=1.0, max=2.0, help="Penalise tokens seen in the last "
                              "64 (1.0: off, the default of registry models; 1.1 for other GGUFs).")
 
