@@ -142,6 +142,7 @@ class DraftModel:
             n = min(n, self.seq_ctx - len(history) - 1)
             if n <= 0 or not history:
                 continue
+            history = self._own_ids(history)
             self._catch_up(seq, history)
             wanted[i] = n
             pending.append((i, history[-1], len(history) - 1))
@@ -156,6 +157,15 @@ class DraftModel:
                     following.append((i, drafts[i][-1], pos + 1))
             pending = following
         return drafts
+
+    def _own_ids(self, history: Sequence[int]) -> list[int]:
+        """`history` with ids past the draft's vocabulary (a larger padded one's) as its EOS:
+        the draft cannot decode them, and what it reads only changes its guesses."""
+        tokens = np.asarray(history, dtype=np.int64)
+        outside = tokens >= self.model.n_vocab
+        if outside.any():
+            tokens[outside] = max(self.model.eos_id, 0)
+        return tokens.tolist()
 
     def _catch_up(self, seq: int, history: Sequence[int]) -> None:
         """Keep the KV shared with `history` and decode the rest but its last token."""
