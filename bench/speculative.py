@@ -60,6 +60,10 @@ def measure(engine: Engine, prompt: str, max_tokens: int, runs: int) -> dict:
     for _ in range(runs):
         engine._cached = []  # no prompt cache between runs: each run decodes the same work
         engine.ctx.clear()
+        drafter = engine.speculation.drafter if engine.speculation else None
+        if isinstance(drafter, DraftModel):
+            drafter._cached.clear()
+            drafter.ctx.clear()
         done = collect(engine.generate([{"role": "user", "content": prompt}], params))
         tok_s.append(done.stats.decode_tok_s)
         if done.stats.draft_tokens:
