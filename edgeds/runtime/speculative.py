@@ -134,27 +134,40 @@ class DraftModel:
                           n_threads=n_threads, owns_model=False)
 
     def propose_many(self, requests: Sequence[tuple[int, Sequence[int], int]]) -> list[list[int]]:
-        """Greedy drafts for (seq, history, n) requests, decoded together one step at a time."""
+        """Greedy drafts for (seq, history, n) requests, decoded together one step at a time
+        (the first step also decodes what each sequence's KV lacks of its history)."""
         drafts: list[list[int]] = [[] for _ in requests]
-        wanted: dict[int, int] = {}  # request index → tokens still to draft
-        pending: list[tuple[int, int, int]] = []  # (request index, token, pos) to decode with logits
+        wanted: dict[int, int] = {}  # request index → tokens to draft
+        # (request index, tokens to decode first without logits, token, pos): a row of the next step
+        pending: list[tuple[int, list[int], int, int]] = []
+        share = max(1, self.ctx.n_batch // max(1, len(requests)))
         for i, (seq, history, n) in enumerate(requests):
             n = min(n, self.seq_ctx - len(history) - 1)
             if n <= 0 or not history:
                 continue
             history = self._own_ids(history)
-            self._catch_up(seq, history)
+            lead = history[self._keep_common(seq, history):len(history) - 1]
+            if len(lead) >= share:  # a long catch-up (a new prompt): on its own, in chunks
+                self._decode_lead(seq, lead, len(history) - 1 - len(lead))
+                lead = []
             wanted[i] = n
-            pending.append((i, history[-1], len(history) - 1))
+            pending.append((i, lead, history[-1], len(history) - 1))
         while pending:
-            self.ctx.decode([(token, pos, requests[i][0], True) for i, token, pos in pending])
+            items: list[tuple[int, int, int, bool]] = []
+            rows = []
+            for i, lead, token, pos in pending:
+                seq = requests[i][0]
+                items += [(t, pos - len(lead) + j, seq, False) for j, t in enumerate(lead)]
+                rows.append(len(items))
+                items.append((token, pos, seq, True))
+            self.ctx.decode(items)
             following = []
-            for row, (i, token, pos) in enumerate(pending):
-                self._cached[requests[i][0]].append(token)
+            for row, (i, lead, token, pos) in zip(rows, pending):
+                self._cached[requests[i][0]] += lead + [token]
                 logits = np.ctypeslib.as_array(self.ctx.logits(row), shape=(self._limit,))
                 drafts[i].append(int(logits.argmax()))
                 if len(drafts[i]) < wanted[i]:
-                    following.append((i, drafts[i][-1], pos + 1))
+                    following.append((i, [], drafts[i][-1], pos + 1))
             pending = following
         return drafts
 
@@ -167,20 +180,22 @@ class DraftModel:
             tokens[outside] = max(self.model.eos_id, 0)
         return tokens.tolist()
 
-    def _catch_up(self, seq: int, history: Sequence[int]) -> None:
-        """Keep the KV shared with `history` and decode the rest but its last token."""
-        cached = self._cached.get(seq, [])
+    def _keep_common(self, seq: int, history: Sequence[int]) -> int:
+        """Drop the sequence's KV past its longest prefix shared with `history` (but its last
+        token, which is decoded again for its logits); returns that prefix's length."""
+        cached = self._cached.setdefault(seq, [])
         m = min(len(cached), len(history) - 1)
         differs = np.flatnonzero(np.asarray(cached[:m]) != np.asarray(history[:m]))
         common = int(differs[0]) if len(differs) else m
         self.ctx.forget(seq, common)
         del cached[common:]
-        self._cached[seq] = cached
-        todo = history[common:len(history) - 1]
-        for lo in range(0, len(todo), self.ctx.n_batch):
-            chunk = todo[lo:lo + self.ctx.n_batch]
-            self.ctx.decode([(t, common + lo + j, seq, False) for j, t in enumerate(chunk)])
-            cached.extend(chunk)
+        return common
+
+    def _decode_lead(self, seq: int, tokens: Sequence[int], start: int) -> None:
+        for lo in range(0, len(tokens), self.ctx.n_batch):
+            chunk = list(tokens[lo:lo + self.ctx.n_batch])
+            self.ctx.decode([(t, start + lo + j, seq, False) for j, t in enumerate(chunk)])
+            self._cached[seq] += chunk
 
     def close(self) -> None:
         self.ctx.close()
