@@ -18,7 +18,7 @@ from edgeds.runtime import Engine, GenerationParams
 from edgeds.runtime.scheduler import Scheduler
 from edgeds.runtime.speculative import (DraftModel, DraftState, NgramDrafter, Speculation, check_compatible,
                                         incompatibility, verify)
-from tests.cli_helpers import cli
+from tests.conftest import THINK_GRAMMAR
 
 PROMPTS = ["Write a short poem about the sea.", "Count from 1 to 12.",
            "Repeat exactly: the quick brown fox jumps over the lazy dog, the quick brown fox jumps over the lazy dog."]
@@ -107,6 +107,18 @@ def test_a_self_draft_without_penalty_is_always_accepted(smollm2_path):
     with drafted_engine(smollm2_path, smollm2_path) as fast:
         _, spec = tokens_of(fast, PROMPTS[0], GenerationParams(max_tokens=40, temperature=0, repeat_penalty=1.0))
     assert spec.stats.draft_tokens > 20 and spec.stats.accepted_tokens == spec.stats.draft_tokens
+
+
+def test_a_grammar_constrains_drafted_steps_too(smollm2_path, smol):
+    """The grammar sampler is part of the chain that samples every verify row: the output
+    follows the grammar and is the same with a draft."""
+    params = GenerationParams(max_tokens=40, temperature=0, grammar=THINK_GRAMMAR)
+    with drafted_engine(smollm2_path, smollm2_path) as fast:
+        want, plain = tokens_of(smol, PROMPTS[0], params)
+        got, spec = tokens_of(fast, PROMPTS[0], params)
+    assert got == want and spec.reasoning == plain.reasoning and spec.answer == plain.answer
+    assert spec.reasoning.strip() and spec.answer.strip()
+    assert spec.stats.accepted_tokens > 0
 
 
 def test_fixed_draft_length(smollm2_path, smol):
