@@ -147,21 +147,28 @@ def test_greedy_tiny_r1_with_a_smaller_vocabulary_draft(tiny_target, tiny_r1_ggu
 
 
 @pytest.mark.slow
-def test_scheduler_parallel_4_is_token_for_token_the_same(smollm2_path, smol_requant):
+@pytest.mark.parametrize("family", ["smollm2", "tiny-r1"])
+def test_scheduler_parallel_4_is_token_for_token_the_same(smollm2_path, smol_requant, tiny_target, family):
+    # the tiny models' random weights agree too rarely: the tiny target drafts for itself
+    target, draft = (smollm2_path, smol_requant) if family == "smollm2" else (tiny_target, tiny_target)
+    prompts = PROMPTS + ["Say hello.", "Name a fruit."]  # more than the slots: a freed slot drafts anew
+
     def run(speculation):
-        engine = Engine(smollm2_path, n_ctx=256, n_threads=THREADS, speculation=speculation)
+        engine = Engine(target, n_ctx=256, n_threads=THREADS, speculation=speculation)
         with Scheduler(engine, parallel=4, seq_ctx=512, n_threads=THREADS) as scheduler:
-            requests = [scheduler.submit(messages(p), GREEDY) for p in PROMPTS]
+            requests = [scheduler.submit(messages(p), GREEDY) for p in prompts]
             done = [r.result(300) for r in requests]
         engine.close()
         return done
 
     plain = run(None)
-    for drafter in (DraftModel(Model(smol_requant), target_vocab=49152, seq_ctx=256, n_threads=THREADS), NgramDrafter()):
+    vocab = Model(target, LoadOptions(vocab_only=True)).n_vocab
+    for drafter in (DraftModel(Model(draft), target_vocab=vocab, seq_ctx=256, n_threads=THREADS), NgramDrafter()):
         spec = run(Speculation(drafter))
         assert [c.answer for c in spec] == [c.answer for c in plain]
         assert [c.stats.completion_tokens for c in spec] == [c.stats.completion_tokens for c in plain]
-        assert sum(c.stats.accepted_tokens for c in spec) > 0
+        if isinstance(drafter, DraftModel) or family == "smollm2":  # random text seldom repeats itself
+            assert sum(c.stats.accepted_tokens for c in spec) > 0
 
 
 def test_a_request_that_reads_logits_decodes_plainly():

@@ -46,6 +46,18 @@ def test_run_with_a_draft_gives_the_same_answer(smollm2_path, capsys, draft):
     assert stats["answer_tokens"] == base["answer_tokens"]
 
 
+def test_run_tiny_r1_with_itself_as_draft(tiny_r1_gguf, capsys):
+    """The R1 path: think prefix, reasoning split; the same events with a draft."""
+    args = ["run", tiny_r1_gguf, PROMPT, "--json", *GREEDY, "--repeat-penalty", "1.0"]
+    code, plain, _ = cli(args, capsys)
+    code2, fast, err = cli([*args, "--draft", tiny_r1_gguf], capsys)
+    assert code == code2 == 0, err
+    strip = lambda out: [(e["type"], e.get("text")) for e in map(json.loads, out.splitlines()) if e["type"] != "done"]  # noqa: E731
+    assert strip(fast) == strip(plain) and any(kind == "reasoning" for kind, _ in strip(plain))
+    stats = done_stats(fast)
+    assert stats["draft_tokens"] > 0 and stats["accepted_tokens"] == stats["draft_tokens"]
+
+
 def test_run_stats_line_shows_acceptance(smollm2_path, capsys):
     code, out, err = cli(["run", smollm2_path, PROMPT, "-v", *GREEDY, "--draft", smollm2_path, "--draft-max", "4"], capsys)
     assert code == 0

@@ -7,10 +7,10 @@ its state exactly as plain decoding would; it stops at the first row whose sampl
 the draft. The samples are the output: the drafts that matched, then the model's own token at
 the first mismatch (or the bonus token after a full accept). Each sample is drawn from the
 same logits, by the same chain in the same state, as without a draft, so the output
-distribution is the model's at any temperature (and with a seed, the very same tokens); the
-draft only decides how many tokens one step yields. The KV cells of the rejected drafts are
-removed from the model's context; the draft model's own KV is trimmed to the accepted tokens
-when it drafts next.
+distribution is the model's at any temperature (with a seed, the same tokens, up to float
+differences between batch sizes); the draft only decides how many tokens one step yields. The
+KV cells of the rejected drafts are removed from the model's context; the draft model's own KV
+is trimmed to the accepted tokens when it drafts next.
 
 Drafters: `DraftModel` (a second, smaller GGUF with the same vocabulary, run greedily in its
 own llama.cpp context with one sequence per slot) and `NgramDrafter` (prompt lookup: what
