@@ -40,9 +40,14 @@ def engine_line(engine, label: str | None = None) -> str:
 
 
 def context_line(engine, context_used: int) -> str:
-    """ctx used/n_ctx (pct)."""
+    """ctx used/n_ctx (pct), after the draft's acceptance rate when the engine speculates."""
     pct = 100 * context_used / engine.n_ctx if engine.n_ctx else 0
-    return f"ctx {context_used}/{engine.n_ctx} ({pct:.0f}%)"
+    line = f"ctx {context_used}/{engine.n_ctx} ({pct:.0f}%)"
+    speculation = getattr(engine, "speculation", None)
+    if speculation is not None:
+        rate = speculation.acceptance
+        line = f"draft {'-' if rate is None else f'{100 * rate:.0f}%'} · " + line
+    return line
 
 
 class ChatHeader(Horizontal):

@@ -59,6 +59,8 @@ class Stats:
         error: the error message when finish_reason is "error".
         stopped_thinking: the reply ended inside its think block: reasoning and no answer
             (`thinking_note` says why, for front ends to show).
+        draft_tokens: tokens a draft proposed (speculative decoding; 0 without a draft).
+        accepted_tokens: of those, the ones the model's own samples matched and kept.
     """
 
     prompt_tokens: int = 0
@@ -70,6 +72,8 @@ class Stats:
     finish_reason: FinishReason = "stop"
     error: str | None = None
     stopped_thinking: bool = False
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
 
     @property
     def completion_tokens(self) -> int:
@@ -157,7 +161,8 @@ class GenerationTimer:
 
     def stats(self, *, prompt_tokens: int, generated: int, reasoning_tokens: int, answer_tokens: int,
               finish_reason: FinishReason, decoded_prompt_tokens: int | None = None,
-              error: str | None = None, stopped_thinking: bool = False) -> Stats:
+              error: str | None = None, stopped_thinking: bool = False,
+              draft_tokens: int = 0, accepted_tokens: int = 0) -> Stats:
         """`decoded_prompt_tokens`: prompt tokens actually evaluated (fewer when a cached prefix
         was reused); default all of them. `stopped_thinking`: the text ended inside the think
         block (ignored for an error, which has its own message)."""
@@ -175,4 +180,6 @@ class GenerationTimer:
             finish_reason=finish_reason,
             error=error if finish_reason == "error" else None,
             stopped_thinking=stopped_thinking and finish_reason != "error",
+            draft_tokens=draft_tokens,
+            accepted_tokens=accepted_tokens,
         )

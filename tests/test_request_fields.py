@@ -53,7 +53,7 @@ def test_developer_is_system():
 def test_field_table_refuses_what_it_cannot_do():
     check_fields({"messages": [], "user": "u", "store": True, "tools": [], "tool_choice": "none", "audio": None,
                   "modalities": ["text"], "grammar": "x", "reasoning_budget": 3})
-    for key, value in [("tools", [{"type": "function"}]), ("audio", {}), ("reasoning_effort", "low"),
+    for key, value in [("functions", [{"name": "f"}]), ("audio", {}), ("reasoning_effort", "low"),
                        ("best_of", 2), ("stream_options", {"bogus": 1})]:
         with pytest.raises(RequestError) as exc:
             check_fields({key: value})

@@ -41,6 +41,7 @@ ENTRY_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "generation":     ((dict,), True),
     "shape":          ((dict,), True),
     "quants":         ((dict,), True),
+    "draft":          ((str,), False),  # id[:QUANT] of the default draft model (speculative decoding)
 }
 GENERATION_KEYS: dict[str, tuple[tuple[type, ...], bool]] = {
     "temperature":  (_NUMBER, True),
@@ -193,6 +194,7 @@ class RegistryEntry:
     generation: Generation
     shape: Shape
     quants: dict[str, QuantSource] = field(hash=False)
+    draft: str | None = None  # registry id[:QUANT] `--draft auto` uses
 
     def quant(self, name: str | None) -> QuantSource:
         """The quant `name` (case-insensitive), or the default one."""
@@ -356,7 +358,7 @@ def _build_entry(where: _Where, model_id: str, raw: dict[str, Any]) -> RegistryE
         if value is not None and (value < lo or (hi is not None and value > hi)):
             bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
             raise where.error(model_id, f"generation.{key}", f"must be {bounds}, got {value}")
-    values = {k: raw[k] for k in ENTRY_KEYS if k not in ("generation", "shape", "quants")}
+    values = {k: raw[k] for k in ENTRY_KEYS if k in raw and k not in ("generation", "shape", "quants")}
     return RegistryEntry(
         id=model_id, generation=Generation(**gen), shape=shape, quants=quants, **values
     )
@@ -409,6 +411,11 @@ def load_registry(paths: list[Path] | None = None) -> Registry:
             raw_models[model_id] = _merge(raw_models.get(model_id, {}), raw)
             origin[model_id] = where
     entries = {mid: _build_entry(origin[mid], mid, raw) for mid, raw in raw_models.items()}
+    for mid, entry in entries.items():
+        if entry.draft is not None:
+            draft_id, quant = split_spec(entry.draft)
+            if draft_id not in entries or (quant and quant.upper() not in (q.upper() for q in entries[draft_id].quants)):
+                raise origin[mid].error(mid, "draft", f"{entry.draft!r} names no registry model/quant")
     if default_chat:
         mid, _, quant = default_chat.partition(":")
         if mid not in entries or (quant and quant not in entries[mid].quants):

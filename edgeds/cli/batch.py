@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty, Threads, TopK,
-                                parse_loras, read_grammar)
+from edgeds.cli.options import (Draft, DraftMax, Loras, MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty,
+                                Threads, TopK, parse_loras, read_grammar)
 from edgeds.errors import UsageError
 
 
@@ -50,6 +50,8 @@ def batch(
     no_think_prefix: bool = NoThinkPrefix,
     moe_offload: str = MoeOffload,
     lora: Optional[list[str]] = Loras,
+    draft: Optional[str] = Draft,
+    draft_max: Optional[int] = DraftMax,
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="A GBNF grammar file for every row."),
     json_summary: bool = typer.Option(False, "--json-summary", help="Print the summary as JSON on stdout."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar on stderr (default: when stderr is a terminal)."),
@@ -68,6 +70,8 @@ def batch(
     loras = parse_loras(lora)
     if endpoint and loras:
         raise UsageError("--lora applies to a local model, not to --endpoint")
+    if endpoint and (draft or draft_max):
+        raise UsageError("--draft works on local models; the server at --endpoint decodes on its own")
     defaults = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                                 repeat_penalty=repeat_penalty, seed=seed, grammar=grammar_text,
                                 reasoning_budget=reasoning_budget)
@@ -87,7 +91,7 @@ def batch(
         from edgeds.loader import open_scheduler
 
         backend = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx, n_threads=threads, moe_offload=moe_offload,
-                                 think_prefix=not no_think_prefix, loras=loras)
+                                 think_prefix=not no_think_prefix, loras=loras, draft=draft, draft_max=draft_max)
         print(f"edgeds: {backend.engine.placement}", file=sys.stderr)
     try:
         summary = run_batch(input_path, output, backend, defaults=defaults, parallel=parallel * max(servers, 1),

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty, Threads, TopK,
-                                parse_loras, read_grammar)
+from edgeds.cli.options import (Draft, DraftMax, Loras, MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty,
+                                Threads, TopK, parse_loras, read_grammar)
 from edgeds.errors import UsageError
 
 
@@ -19,14 +19,17 @@ def on_terminal() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def model_opener(n_threads: int | None, think_prefix: bool, loras=()):
-    """How the app opens models (its own, `workers.open_model`, with --threads, --no-think-prefix and --lora)."""
+def model_opener(n_threads: int | None, think_prefix: bool, loras=(), draft: str | None = None,
+                 draft_max: int | None = None):
+    """How the app opens models (its own, `workers.open_model`, with --threads, --no-think-prefix,
+    --lora and --draft/--draft-max)."""
     from edgeds.loader import open_engine
     from edgeds.machine.hardware import threads_beside_ui
 
     def open_model(spec: str, *, n_ctx: int | None = None, moe_offload: str = "auto"):
         return open_engine(spec, n_ctx=n_ctx, n_threads=n_threads or threads_beside_ui(), moe_offload=moe_offload,
-                           pull=False, progress=False, think_prefix=think_prefix, loras=loras)
+                           pull=False, progress=False, think_prefix=think_prefix, loras=loras, draft=draft,
+                           draft_max=draft_max)
 
     return open_model
 
@@ -46,6 +49,8 @@ def chat(
     threads: Optional[int] = Threads,
     no_think_prefix: bool = NoThinkPrefix,
     lora: Optional[list[str]] = Loras,
+    draft: Optional[str] = Draft,
+    draft_max: Optional[int] = DraftMax,
 ) -> None:
     """Chat with a model in a terminal UI; reasoning streams into a collapsible section."""
     if not on_terminal():
@@ -75,5 +80,8 @@ def chat(
             check_adapter(spec.path, resolved.path)
     from edgeds.app import run_chat
 
-    opener = model_opener(threads, not no_think_prefix, loras) if threads or no_think_prefix or loras else None
+    if draft_max is not None and not draft:
+        raise UsageError("--draft-max needs --draft (a draft model, ngram or auto)")
+    opener = (model_opener(threads, not no_think_prefix, loras, draft, draft_max)
+              if threads or no_think_prefix or loras or draft else None)
     run_chat(model, n_ctx=n_ctx, system=system, moe_offload=moe_offload, params=params, open_model=opener)

@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty, Threads, TopK,
-                                parse_loras, read_grammar, read_json_schema)
+from edgeds.cli.options import (Draft, DraftMax, Loras, MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty,
+                                Threads, TopK, parse_loras, read_grammar, read_json_schema)
 from edgeds.errors import EdgedsError, UsageError
 
 
@@ -40,6 +40,8 @@ def run(
     reasoning_budget: Optional[int] = ReasoningBudget,
     moe_offload: str = MoeOffload,
     lora: Optional[list[str]] = Loras,
+    draft: Optional[str] = Draft,
+    draft_max: Optional[int] = DraftMax,
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Send the prompt to an OpenAI-compatible server "
                                            "(llama-server, vLLM, edgeds serve) instead; MODEL is then its model name."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEDS_API_KEY", help="API key for --endpoint."),
@@ -72,13 +74,17 @@ def run(
     if endpoint:
         from edgeds.serving.remote import RemoteBackend
 
+        if draft or draft_max:
+            raise UsageError("--draft works on local models; the server at --endpoint decodes on its own")
+
         engine = RemoteBackend(endpoint, model=model, api_key=api_key, parallel=1)
     else:
         from edgeds.loader import open_engine
 
         depth = len(prompt) // 2 + max_tokens if max_tokens else None  # a short reply plans for less
         engine = open_engine(model, n_ctx=n_ctx, n_threads=threads, moe_offload=moe_offload,
-                             think_prefix=not no_think_prefix, depth=depth, loras=loras)
+                             think_prefix=not no_think_prefix, depth=depth, loras=loras, draft=draft,
+                             draft_max=draft_max)
         if verbose or (sys.stderr.isatty() and not json_lines):
             print(f"edgeds: {engine.placement}", file=sys.stderr)
     messages = with_system([{"role": "user", "content": prompt}], system)

@@ -7,8 +7,8 @@ from typing import List, Optional
 import typer
 
 from edgeds.cli._app import app
-from edgeds.cli.options import (Loras, MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty, Threads, TopK,
-                                parse_loras)
+from edgeds.cli.options import (Draft, DraftMax, Loras, MinP, MoeOffload, NoThinkPrefix, ReasoningBudget, RepeatPenalty,
+                                Threads, TopK, parse_loras)
 from edgeds.errors import UsageError
 from edgeds.serving.http import HttpLimits
 
@@ -29,6 +29,8 @@ def serve(
     no_think_prefix: bool = NoThinkPrefix,
     moe_offload: str = MoeOffload,
     lora: Optional[list[str]] = Loras,
+    draft: Optional[str] = Draft,
+    draft_max: Optional[int] = DraftMax,
     max_queue: Optional[int] = typer.Option(None, "--max-queue", min=0, help="Requests that may wait for a slot; "
                                             "more get 503 with Retry-After (default: 4 per slot)."),
     max_body_bytes: int = typer.Option(HttpLimits.max_body_bytes, "--max-body-bytes", min=1024,
@@ -64,7 +66,8 @@ def serve(
     defaults = GenerationParams(top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty,
                                 reasoning_budget=reasoning_budget)
     scheduler = open_scheduler(model, parallel=parallel, seq_ctx=n_ctx, n_threads=threads, moe_offload=moe_offload,
-                               think_prefix=not no_think_prefix, loras=parse_loras(lora))
+                               think_prefix=not no_think_prefix, loras=parse_loras(lora), draft=draft,
+                               draft_max=draft_max)
     try:
         server = Server(scheduler, host=host, port=port, api_key=api_key, defaults=defaults, max_queue=max_queue,
                         limits=HttpLimits(max_body_bytes=max_body_bytes, read_timeout_s=read_timeout),

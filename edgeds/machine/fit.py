@@ -55,9 +55,10 @@ class Footprint:
         geom = table.geometry
         return cls(str(info.path), geom, geom.n_ctx_train or 4096, info.tensor_bytes, info.expert_bytes, table)
 
-    def placement(self, *, vram: int, n_ctx: int, depth: int | None = None) -> Placement:
-        """The placement plan for a GPU with `vram` bytes free (0: CPU only)."""
-        return plan(self.table, gpu_free=vram, n_ctx=n_ctx, depth=depth)
+    def placement(self, *, vram: int, n_ctx: int, depth: int | None = None, extra_bytes: int = 0) -> Placement:
+        """The placement plan for a GPU with `vram` bytes free (0: CPU only); `extra_bytes`: a
+        draft model and its KV cache beside it (see `placement.plan`)."""
+        return plan(self.table, gpu_free=vram, n_ctx=n_ctx, depth=depth, extra_bytes=extra_bytes)
 
 
 def footprint(spec: str) -> Footprint:

@@ -129,19 +129,23 @@ def parse_moe_offload(value: str) -> str | int:
 
 
 def plan(table: TensorTable, *, gpu_free: int, moe_offload: str = "auto", n_ctx: int | None = None,
-         depth: int | None = None, gpu_total: int | None = None, gpu_name: str = "GPU") -> Placement:
+         depth: int | None = None, gpu_total: int | None = None, gpu_name: str = "GPU",
+         extra_bytes: int = 0) -> Placement:
     """The placement for a tensor table and `gpu_free` bytes of VRAM (0: CPU only), for decoding
-    at `depth` tokens of context (default: the whole `n_ctx`, as a long reasoning trace fills it)."""
+    at `depth` tokens of context (default: the whole `n_ctx`, as a long reasoning trace fills it).
+    `extra_bytes`: what a second model loaded beside it takes (a draft model and its KV cache,
+    which go to the GPU when there is one): it comes off the GPU budget, or off the RAM the
+    default context is sized from."""
     mode = parse_moe_offload(moe_offload)
     if n_ctx is None:
         from edgeds.machine.hardware import memory
 
-        n_ctx = default_n_ctx(table.geometry, table.total, memory()[1])
+        n_ctx = default_n_ctx(table.geometry, table.total + (0 if gpu_free > 0 else extra_bytes), memory()[1])
     depth = min(depth or n_ctx, n_ctx)
     if gpu_free <= 0:
         layout = _Layout(0, (), 0)
     else:
-        budget = gpu_free - gpu_reserve(table.geometry, n_ctx)
+        budget = gpu_free - gpu_reserve(table.geometry, n_ctx) - extra_bytes
         layout = _choose(table, budget, mode, table.kv_per_token_layer * n_ctx, depth)
     tok_s = 1.0 / seconds_per_token(_work(table, layout, depth))
     cpu_parts = _overridden_parts(table, layout, mode)
@@ -309,7 +313,7 @@ def _ranges(layers) -> str:
 
 
 def plan_placement(model_path: str | os.PathLike[str], moe_offload: str = "auto", n_ctx: int | None = None, *,
-                   depth: int | None = None, gpu_free: int | None = None) -> Placement:
+                   depth: int | None = None, gpu_free: int | None = None, extra_bytes: int = 0) -> Placement:
     """Plan the placement of a GGUF on this machine's first GPU (from llama.cpp's device list).
 
     Use it as `Engine(path, load_options=p.load_options, n_ctx=p.n_ctx)`."""
@@ -324,4 +328,4 @@ def plan_placement(model_path: str | os.PathLike[str], moe_offload: str = "auto"
         if gpus:
             name, total = gpus[0].name, gpus[0].total_bytes
     return plan(table, gpu_free=gpu_free, moe_offload=moe_offload, n_ctx=n_ctx, depth=depth,
-                gpu_total=total or gpu_free, gpu_name=name)
+                gpu_total=total or gpu_free, gpu_name=name, extra_bytes=extra_bytes)

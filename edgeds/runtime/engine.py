@@ -22,7 +22,8 @@ from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.lora import LoraSpec, apply_loras, load_loras
 from edgeds.runtime.params import GenerationParams, ModelDefaults
 from edgeds.runtime.reasoning import ReasoningSplitter
-from edgeds.runtime.sequence import Sequence
+from edgeds.runtime.sequence import TokenSequence
+from edgeds.runtime.speculative import Speculation, speculate
 
 class PhaseStream:
     """Generated token ids → Reasoning/Answer events, counting the tokens of each phase.
@@ -82,6 +83,8 @@ class Engine:
         think_prefix: start an R1-family model's reply with `<think>\\n` where its template
             does not (DeepSeek asks for it, so the model does not skip thinking). R1-family:
             `defaults.forces_think`, or when None, DeepSeek's template and a name that says R1.
+        speculation: a drafter for speculative decoding (`runtime.speculative`); the engine
+            closes it. The output is the same as without it.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Engine:
         placement: str = "",
         think_prefix: bool = True,
         loras: Sequence[LoraSpec] = (),
+        speculation: Speculation | None = None,
     ):
         path = Path(model)
         if load_options is None:
@@ -126,6 +130,7 @@ class Engine:
             forces_think = template.is_r1_family(self.chat_template, self.name)
         self.think_prefix = think_prefix and forces_think  # replies start inside <think>
         self.placement = placement
+        self.speculation = speculation
         self._cached: list[int] = []  # tokens whose KV is in sequence 0
         self.reused_prompt_tokens = 0  # of the last prompt, tokens whose KV was already cached
         self._cancel = threading.Event()
@@ -189,9 +194,12 @@ class Engine:
         if params.grammar:
             check_grammar(params.grammar)
         phases = PhaseStream(self.model, opens_think, self.reasoning_template)
-        sequence = Sequence(self.model, params, phases, opens_think)  # sampling, stops, logprobs, grammar
+        sequence = TokenSequence(self.model, params, phases, opens_think)  # sampling, stops, logprobs, grammar
         finish, error = "stop", None
         generated = 0
+        spec = self.speculation if self.speculation and self.speculation.applies(params) else None
+        draft = spec.start() if spec else None
+        queued: list[int] = []  # samples of the last speculative step not yet taken
         reuse = self.reused_prompt_tokens = self._reuse_prefix(tokens)
         try:
             if not self.ctx.decode_prompt(tokens[reuse:], reuse, should_stop=self._cancel.is_set):
@@ -206,7 +214,7 @@ class Engine:
                 if generated >= params.max_tokens:
                     finish = "length"
                     break
-                token = sequence.draw(self.ctx)
+                token = queued.pop(0) if queued else sequence.draw(self.ctx)
                 timer.token()
                 if self.model.is_eog(token):
                     break
@@ -217,8 +225,14 @@ class Engine:
                 if pos + 1 >= self.n_ctx:
                     finish = "length"
                     break
-                self.ctx.decode_one(token, pos)
                 self._cached.append(token)
+                if queued:
+                    pass  # an accepted draft: its KV is in place already
+                elif spec and sequence.steady:
+                    room = min(self.n_ctx - pos - 2, params.max_tokens - generated - 1)
+                    queued = speculate(spec, draft, self.ctx, sequence.draw, self._cached, pos, room)
+                else:
+                    self.ctx.decode_one(token, pos)
                 pos += 1
         except ContextOverflow as err:
             finish, error = "length", str(err)
@@ -232,7 +246,9 @@ class Engine:
         yield Done(timer.stats(prompt_tokens=len(tokens), decoded_prompt_tokens=len(tokens) - reuse,
                                generated=generated, reasoning_tokens=phases.reasoning_tokens,
                                answer_tokens=phases.answer_tokens, finish_reason=finish, error=error,
-                               stopped_thinking=phases.stopped_thinking))
+                               stopped_thinking=phases.stopped_thinking,
+                               draft_tokens=draft.drafted if draft else 0,
+                               accepted_tokens=draft.accepted if draft else 0))
 
     def _reuse_prefix(self, tokens: list[int]) -> int:
         """Keep the cached KV shared with `tokens` (at least one token is always re-decoded)."""
@@ -247,6 +263,8 @@ class Engine:
         return common
 
     def close(self) -> None:
+        if self.speculation is not None:
+            self.speculation.close()
         self.ctx.close()
         self.model.close()
 

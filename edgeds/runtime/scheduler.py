@@ -27,7 +27,8 @@ from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.lora import apply_loras
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.rawtext import RawStream, raw_prompt_tokens
-from edgeds.runtime.sequence import Sequence
+from edgeds.runtime.sequence import TokenSequence
+from edgeds.runtime.speculative import verify
 
 DEFAULT_SEQ_CTX = 4096
 
@@ -35,12 +36,12 @@ DEFAULT_SEQ_CTX = 4096
 class Request:
     """One submitted conversation. Iterate `events()` (from any thread) or wait for `result()`."""
 
-    def __init__(self, tokens: list[int], opens_think: bool, params: GenerationParams, sampler: Sequence,
+    def __init__(self, tokens: list[int], opens_think: bool, params: GenerationParams, sampler: TokenSequence,
                  on_done: Callable[[Completion], None] | None):
         self.tokens = tokens
         self.opens_think = opens_think
         self.params = params
-        self.sampler = sampler  # the Sequence: sampler chain, phases, stops, logprobs
+        self.sampler = sampler  # the TokenSequence: sampler chain, phases, stops, logprobs
         self.on_done = on_done
         self.completion: Completion | None = None
         self._events: queue.Queue[Event] = queue.Queue()
@@ -81,6 +82,8 @@ class _Slot:
         self.fed = 0  # prompt tokens decoded so far
         self.pos = 0  # next KV position
         self.last: int | None = None  # sampled token not yet decoded
+        self.tokens = list(request.tokens)  # prompt + output so far (what a drafter reads)
+        self.draft = None  # its speculative.DraftState, when it decodes speculatively
         self.generated = 0
         self.reasoning: list[str] = []
         self.answer: list[str] = []
@@ -104,6 +107,9 @@ class Scheduler:
     quantized model (SmolLM2 Q4_1, sampled at 0.6), whose matmuls quantize each activation
     row on its own; an F32 model's float kernels can still differ in the last bits with the
     batch size, which flips near-tied samples late in a long reply.
+
+    With the engine's `speculation`, each slot drafts for its own sequence (a draft model gets
+    a context with one sequence per slot) and every slot's verify rows go in the same batch.
     """
 
     def __init__(self, engine: Engine, *, parallel: int = 4, seq_ctx: int | None = None,
@@ -118,6 +124,8 @@ class Scheduler:
         self.ctx = Context(self.model, n_ctx=parallel * self.seq_ctx, n_batch=self.n_batch,
                            n_seq_max=parallel, n_threads=n_threads or engine.n_threads, kv_unified=False)
         apply_loras(self.ctx, getattr(engine, "loras", ()))
+        self.speculation = engine.speculation and engine.speculation.for_slots(
+            parallel, self.seq_ctx, n_threads or engine.n_threads)
         self._waiting: deque[Request] = deque()
         self._slots: dict[int, _Slot] = {}
         self._wake = threading.Condition()
@@ -155,7 +163,7 @@ class Scheduler:
         if params.grammar:
             check_grammar(params.grammar)
         phases = RawStream(self.model) if raw else PhaseStream(self.model, opens_think, self.engine.reasoning_template)
-        sequence = Sequence(self.model, params, phases, opens_think)
+        sequence = TokenSequence(self.model, params, phases, opens_think)
         request = Request(tokens, opens_think, params, sequence, on_done)
         with self._wake:
             if self._closing:
@@ -204,16 +212,21 @@ class Scheduler:
             seq = free.pop(0)
             self.ctx.forget(seq)
             self._slots[seq] = _Slot(seq, request, request.sampler.phases)
+            if self.speculation and self.speculation.applies(request.params):
+                self._slots[seq].draft = self.speculation.start()
 
     def _step(self) -> None:
         items: list[tuple[int, int, int, bool]] = []
-        rows: list[_Slot] = []  # slots that get logits, in batch-row order
+        rows: list[tuple[_Slot, int]] = []  # slots that get logits, and their first logits row
         for slot in list(self._slots.values()):
             if slot.request.cancelled:
                 self._finish(slot, "cancelled")
-            elif slot.last is not None:
+        drafts = self._propose()
+        for slot in list(self._slots.values()):
+            if slot.last is not None:
+                rows.append((slot, len(items)))
                 items.append((slot.last, slot.pos, slot.seq, True))
-                rows.append(slot)
+                items += [(t, slot.pos + 1 + i, slot.seq, True) for i, t in enumerate(drafts.get(slot.seq, ()))]
         for slot in list(self._slots.values()):
             room = self.n_batch - len(items)
             if room <= 0:
@@ -222,39 +235,67 @@ class Scheduler:
                 continue
             chunk = slot.request.tokens[slot.fed: slot.fed + room]
             end = slot.fed + len(chunk)
+            if end == len(slot.request.tokens):
+                rows.append((slot, len(items) + len(chunk) - 1))
             for i, token in enumerate(chunk):
                 last = slot.fed + i == len(slot.request.tokens) - 1
                 items.append((token, slot.fed + i, slot.seq, last))
-            if end == len(slot.request.tokens):
-                rows.append(slot)
             slot.fed = end
         if not items:
             return
         self.ctx.decode(items)
-        logit_rows = [i for i, item in enumerate(items) if item[3]]
-        for row, slot in zip(logit_rows, rows):
+        for slot, row in rows:
             if slot.last is None:  # its prompt just finished
                 slot.pos = len(slot.request.tokens)
                 slot.timer.prompt_done()
+                self._sample(slot, row)
+            elif slot.seq in drafts:
+                self._verify(slot, row, drafts[slot.seq])
             else:
                 slot.pos += 1
-            self._sample(slot, row)
+                self._sample(slot, row)
+
+    def _propose(self) -> dict[int, list[int]]:
+        """Drafts of the speculating slots with a pending token, sized to their room."""
+        running = [s for s in self._slots.values() if s.last is not None]
+        asks = [s for s in running if s.draft is not None and s.sampler.steady]
+        if not asks:
+            return {}
+        share = (self.n_batch - len(running)) // len(asks)
+        requests = [(s.seq, s.tokens, min(s.draft.length, share, self.seq_ctx - s.pos - 2,
+                                          s.request.params.max_tokens - s.generated - 1)) for s in asks]
+        return dict(zip((s.seq for s in asks), self.speculation.drafter.propose_many(requests)))
+
+    def _verify(self, slot: _Slot, row: int, draft: list[int]) -> None:
+        """Take the samples of a slot's verify rows (speculative.verify); drop rejected KV."""
+        out = verify(slot.sampler.draw, self.ctx, range(row, row + len(draft) + 1), draft)
+        self.ctx.forget(slot.seq, slot.pos + len(out))
+        self.speculation.record(slot.draft, len(draft), len(out) - 1)
+        for token in out:
+            slot.pos += 1
+            if not self._take(slot, token):
+                return
 
     def _sample(self, slot: _Slot, row: int) -> None:
-        token = slot.sampler.draw(self.ctx, row)
+        self._take(slot, slot.sampler.draw(self.ctx, row))
+
+    def _take(self, slot: _Slot, token: int) -> bool:
+        """A sampled token: emit it, or finish the slot; False once it has finished."""
         slot.timer.token()
         if self.model.is_eog(token):
             self._finish(slot, "stop")
-            return
+            return False
         slot.generated += 1
         self._emit(slot, slot.sampler.push(token))
         if slot.sampler.stopped:  # a stop string
             self._finish(slot, "stop")
-            return
+            return False
         if slot.generated >= slot.request.params.max_tokens or slot.pos + 1 >= self.seq_ctx:
             self._finish(slot, "length")
-            return
+            return False
         slot.last = token
+        slot.tokens.append(token)
+        return True
 
     def _emit(self, slot: _Slot, events: list[Event]) -> None:
         for event in events:
@@ -270,7 +311,9 @@ class Scheduler:
                                  reasoning_tokens=slot.phases.reasoning_tokens,
                                  answer_tokens=slot.phases.answer_tokens,
                                  finish_reason=finish, error=error,  # type: ignore[arg-type]
-                                 stopped_thinking=slot.phases.stopped_thinking)
+                                 stopped_thinking=slot.phases.stopped_thinking,
+                                 draft_tokens=slot.draft.drafted if slot.draft else 0,
+                                 accepted_tokens=slot.draft.accepted if slot.draft else 0)
         self._done(slot.request, Completion("".join(slot.reasoning), "".join(slot.answer), stats))
 
     def _reject(self, request: Request, finish: str) -> None:
@@ -297,6 +340,8 @@ class Scheduler:
             self._closing = True
             self._wake.notify()
         self._thread.join()
+        if self.speculation:
+            self.speculation.close()
         self.ctx.close()
 
     def __enter__(self) -> "Scheduler":

@@ -1,4 +1,4 @@
-"""Sequence: one generation's tokens between llama.cpp's sampler and the events.
+"""TokenSequence: one generation's tokens between llama.cpp's sampler and the events.
 
 The Engine and the Scheduler draw and push every token through one of these; it owns what a
 request asks of each token besides its text:
@@ -86,7 +86,7 @@ def _entry(model: Model, token: int, logprob: float, top: tuple[TokenLogprob, ..
     return TokenLogprob(piece.decode("utf-8", errors="replace"), logprob, tuple(piece), top)
 
 
-class Sequence:
+class TokenSequence:
     """Draw and push the tokens of one generation (see the module docstring); `phases` is the
     generation's engine.PhaseStream (text and reasoning/answer split).
 
@@ -122,6 +122,13 @@ class Sequence:
     def stopped(self) -> bool:
         """A stop string matched: the generation ends here, with finish_reason stop."""
         return bool(self._stops and self._stops.stopped)
+
+    @property
+    def steady(self) -> bool:
+        """No token to come changes how the next ones are drawn: no grammar waiting for the think
+        block to close, no reasoning budget left to enforce. Speculative decoding draws several
+        tokens before their text is pushed, so it waits for this."""
+        return self._budget_spent and (self._constrained is None or self._sampler is self._constrained)
 
     def draw(self, ctx: Context, row: int = -1) -> int:
         """The next token: drawn from batch row `row`'s logits, or the next of the tokens that

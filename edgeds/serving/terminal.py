@@ -39,6 +39,9 @@ def format_stats(stats: Stats) -> str:
         f"reasoning {stats.reasoning_tokens} + answer {stats.answer_tokens} tok @ {stats.decode_tok_s:.1f} tok/s",
         f"finish {stats.finish_reason}",
     ]
+    if stats.draft_tokens:
+        parts.insert(3, f"draft {stats.accepted_tokens}/{stats.draft_tokens} accepted "
+                        f"({100 * stats.accepted_tokens / stats.draft_tokens:.0f}%)")
     if stats.error:
         parts.append(f"error {stats.error}")
     return " · ".join(parts)
