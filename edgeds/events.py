@@ -35,7 +35,7 @@ class Stats:
     """What one generation cost.
 
     Attributes:
-        prompt_tokens: tokens evaluated for the prompt (after any prefix-cache reuse they still count).
+        prompt_tokens: tokens of the prompt (those whose KV was reused from a cached prefix count too).
         reasoning_tokens: generated tokens that belong to the reasoning, tags included.
         answer_tokens: generated tokens that belong to the answer.
         ttft_s: seconds from the call to the first generated token.
@@ -46,6 +46,8 @@ class Stats:
         error: the error message when finish_reason is "error".
         stopped_thinking: the reply ended inside its think block: reasoning and no answer
             (`thinking_note` says why, for front ends to show).
+        cached_tokens: prompt tokens whose KV came from a cached prefix instead of being
+            decoded (OpenAI's `prompt_tokens_details.cached_tokens`).
     """
 
     prompt_tokens: int = 0
@@ -57,6 +59,12 @@ class Stats:
     finish_reason: FinishReason = "stop"
     error: str | None = None
     stopped_thinking: bool = False
+    cached_tokens: int = 0
+
+    @property
+    def decoded_prompt_tokens(self) -> int:
+        """Prompt tokens actually decoded for this generation."""
+        return self.prompt_tokens - self.cached_tokens
 
     @property
     def completion_tokens(self) -> int:
@@ -160,4 +168,5 @@ class GenerationTimer:
             finish_reason=finish_reason,
             error=error if finish_reason == "error" else None,
             stopped_thinking=stopped_thinking and finish_reason != "error",
+            cached_tokens=prompt_tokens - decoded,
         )

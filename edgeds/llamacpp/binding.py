@@ -250,6 +250,11 @@ class Context:
         """Drop positions start.. of a sequence from the KV cache."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq, start, -1)
 
+    def copy_seq(self, src: int, dst: int) -> None:
+        """Make `dst` hold all of `src`'s KV. Between streams (kv_unified off) llama.cpp copies
+        the whole stream, and only as a whole: trim `dst` with `forget` afterwards."""
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+
     def clear(self) -> None:
         llama_cpp.llama_memory_clear(self.memory, True)
 

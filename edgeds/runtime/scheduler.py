@@ -4,9 +4,11 @@ Like llama-server's slots: the context holds `parallel` sequences whose KV cache
 each step puts one llama_batch together carrying the next token of every running sequence
 and, in the room left, prompt tokens of newly admitted ones (each under its own seq_id).
 Every sequence is drawn by its own llama.cpp sampler chain from its own batch row, so its
-seed alone decides its samples. When a sequence finishes, its KV cells are dropped and the
-next waiting request takes the slot at once (continuous batching); a new request never
-interrupts a running one.
+seed alone decides its samples. When a sequence finishes, the next waiting request takes the
+slot at once (continuous batching); a new request never interrupts a running one. A finished
+sequence keeps its KV cells until its slot is needed, so a request that starts like an earlier
+or running one (a shared system prompt) decodes only what is new (`PrefixCache`;
+Stats.cached_tokens counts what it skipped).
 
 `edgeds batch` and `edgeds serve` both run on this; the single-sequence `Engine` lends its
 model, chat template and defaults.
@@ -25,6 +27,7 @@ from edgeds.llamacpp.binding import Context, Sampler, SamplingParams
 from edgeds.runtime.engine import Engine, PhaseStream
 from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.params import GenerationParams
+from edgeds.runtime.prefix_cache import PrefixCache, prompt_chunk
 
 DEFAULT_SEQ_CTX = 4096
 
@@ -60,6 +63,16 @@ class Request:
             if isinstance(event, Done):
                 return
 
+    def event_batches(self) -> Iterator[list[Event]]:
+        """Like `events()`, each time all events queued by then (a slow reader catches up in one go)."""
+        while True:
+            batch = [self._events.get()]
+            while not isinstance(batch[-1], Done) and not self._events.empty():
+                batch.append(self._events.get())
+            yield batch
+            if isinstance(batch[-1], Done):
+                return
+
     def result(self, timeout: float | None = None) -> Completion:
         if not self._finished.wait(timeout):
             raise TimeoutError("the generation has not finished")
@@ -76,6 +89,7 @@ class _Slot:
         self.sampler = request.sampler
         self.phases = phases
         self.fed = 0  # prompt tokens decoded so far
+        self.reused = 0  # prompt tokens whose KV came from the prefix cache
         self.pos = 0  # next KV position
         self.last: int | None = None  # sampled token not yet decoded
         self.generated = 0
@@ -114,6 +128,7 @@ class Scheduler:
         self.n_batch = max(n_batch, parallel)
         self.ctx = Context(self.model, n_ctx=parallel * self.seq_ctx, n_batch=self.n_batch,
                            n_seq_max=parallel, n_threads=n_threads or engine.n_threads, kv_unified=False)
+        self._prefix = PrefixCache(self.ctx)
         self._waiting: deque[Request] = deque()
         self._slots: dict[int, _Slot] = {}
         self._wake = threading.Condition()
@@ -179,6 +194,7 @@ class Scheduler:
                 for slot in list(self._slots.values()):
                     self._finish(slot, "error", f"{type(err).__name__}: {err}")
                 self.ctx.clear()
+                self._prefix.clear()
         for slot in list(self._slots.values()):
             self._finish(slot, "cancelled")
         while self._waiting:
@@ -189,38 +205,46 @@ class Scheduler:
             self._waiting.remove(request)
             self._reject(request, "cancelled")
         free = [seq for seq in range(self.parallel) if seq not in self._slots]
+        fresh: set[int] = set()
         while free and self._waiting:
+            running = {s.seq: (s.request.tokens, s.fed) for s in self._slots.values()}
+            placed = self._prefix.place(self._waiting[0].tokens, free, running, fresh)
+            if placed is None:  # a running sequence is decoding the prefix it shares: reuse it next step
+                break
             request = self._waiting.popleft()
-            seq = free.pop(0)
-            self.ctx.forget(seq)
-            self._slots[seq] = _Slot(seq, request, PhaseStream(self.model, request.opens_think,
-                                                                self.engine.reasoning_template))
+            seq, reused = placed
+            fresh.add(seq)
+            slot = self._slots[seq] = _Slot(seq, request, PhaseStream(self.model, request.opens_think,
+                                                                       self.engine.reasoning_template))
+            slot.fed = slot.reused = reused
 
     def _step(self) -> None:
         items: list[tuple[int, int, int, bool]] = []
-        rows: list[_Slot] = []  # slots that get logits, in batch-row order
         for slot in list(self._slots.values()):
             if slot.request.cancelled:
                 self._finish(slot, "cancelled")
             elif slot.last is not None:
                 items.append((slot.last, slot.pos, slot.seq, True))
-                rows.append(slot)
         for slot in list(self._slots.values()):
             room = self.n_batch - len(items)
             if room <= 0:
                 break
             if slot.last is not None or slot.fed >= len(slot.request.tokens):
                 continue
-            chunk = slot.request.tokens[slot.fed: slot.fed + room]
+            chunk = slot.request.tokens[slot.fed: slot.fed + prompt_chunk(len(slot.request.tokens) - slot.fed, room)]
+            if not chunk:
+                continue
             end = slot.fed + len(chunk)
             for i, token in enumerate(chunk):
                 last = slot.fed + i == len(slot.request.tokens) - 1
                 items.append((token, slot.fed + i, slot.seq, last))
-            if end == len(slot.request.tokens):
-                rows.append(slot)
             slot.fed = end
         if not items:
             return
+        # In seq order: llama.cpp (KV streams apart) puts only runs of consecutive seq ids in one
+        # ubatch, so slots in the order they were refilled made one step several graph runs.
+        items.sort(key=lambda item: item[2])
+        rows = [self._slots[item[2]] for item in items if item[3]]  # slots that get logits, in batch-row order
         self.ctx.decode(items)
         logit_rows = [i for i, item in enumerate(items) if item[3]]
         for row, slot in zip(logit_rows, rows):
@@ -251,10 +275,11 @@ class Scheduler:
 
     def _finish(self, slot: _Slot, finish: str, error: str | None = None) -> None:
         del self._slots[slot.seq]
-        self.ctx.forget(slot.seq)
+        self._prefix.release(slot.seq, slot.request.tokens[:slot.fed])  # its KV stays for a later prompt
         slot.sampler.close()
         self._emit(slot, slot.phases.finish())
         stats = slot.timer.stats(prompt_tokens=len(slot.request.tokens), generated=slot.generated,
+                                 decoded_prompt_tokens=len(slot.request.tokens) - slot.reused,
                                  reasoning_tokens=slot.phases.reasoning_tokens,
                                  answer_tokens=slot.phases.answer_tokens,
                                  finish_reason=finish, error=error,  # type: ignore[arg-type]

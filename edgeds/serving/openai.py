@@ -10,11 +10,13 @@ FINISH_FROM_WIRE = {"stop": "stop", "length": "length", "eos": "stop", "content_
 
 
 def usage(stats: Stats) -> dict:
-    """`usage` of a reply; reasoning tokens in `completion_tokens_details`, as DeepSeek's API does."""
+    """`usage` of a reply; reasoning tokens in `completion_tokens_details`, as DeepSeek's API does,
+    prompt tokens served from the prefix cache in `prompt_tokens_details.cached_tokens`, as OpenAI's does."""
     return {
         "prompt_tokens": stats.prompt_tokens,
         "completion_tokens": stats.completion_tokens,
         "total_tokens": stats.prompt_tokens + stats.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
         "completion_tokens_details": {"reasoning_tokens": stats.reasoning_tokens},
     }
 

@@ -340,12 +340,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         self._event(chunk({"role": "assistant", "content": ""}))
-        for event in request.events():
-            if isinstance(event, Reasoning):
-                self._event(chunk({"reasoning_content": event.text}))
-            elif isinstance(event, Answer):
-                self._event(chunk({"content": event.text}))
-            elif isinstance(event, Done):
+        # a text chunk is the same JSON every time but for its text: encode the rest once
+        frames = {kind: _frame(chunk, key) for kind, key in ((Reasoning, "reasoning_content"), (Answer, "content"))}
+        for events in request.event_batches():  # what queued up while the last write went out: one write
+            text = [frames[type(e)][0] + json.dumps(e.text, ensure_ascii=False).encode("utf-8") + frames[type(e)][1]
+                    for e in events if not isinstance(e, Done)]
+            if text:
+                self.wfile.write(b"".join(text))
+                self.wfile.flush()
+            event = events[-1]
+            if isinstance(event, Done):
                 stats = event.stats
                 if stats.finish_reason == "error":
                     self._event(error_body(stats.error or "generation failed", type="server_error"))
@@ -375,6 +379,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         self.wfile.flush()
+
+
+def _frame(chunk, key: str) -> tuple[bytes, bytes]:
+    """The SSE bytes before and after the JSON string of a `{key: text}` delta chunk."""
+    mark = uuid.uuid4().hex
+    head, tail = json.dumps(chunk({key: mark}), ensure_ascii=False).split(f'"{mark}"')
+    return b"data: " + head.encode("utf-8"), tail.encode("utf-8") + b"\n\n"
 
 
 def _param_of(err: EdgedsError) -> str:
