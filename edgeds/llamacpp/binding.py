@@ -79,6 +79,7 @@ class Model:
         self.metadata = self._read_metadata()
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._eog: dict[int, bool] = {}
+        self._splits: dict[int, bool] = {}
         self.arch = self.metadata.get("general.architecture", "")
 
     def _read_metadata(self) -> dict[str, str]:
@@ -133,6 +134,17 @@ class Model:
         if eog is None:
             eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
         return eog
+
+    def splits_text(self, token: int) -> bool:
+        """A special token (control or user-defined) that strips no whitespace beside it: with
+        parse_special, llama.cpp cuts the text at it and tokenizes the pieces apart."""
+        split = self._splits.get(token)
+        if split is None:
+            attr = llama_cpp.llama_vocab_get_attr(self.vocab, token)
+            special = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+            strips = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
+            split = self._splits[token] = bool(attr & special) and not attr & strips
+        return split
 
     def close(self) -> None:
         if getattr(self, "ptr", None):

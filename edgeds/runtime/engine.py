@@ -20,6 +20,7 @@ from edgeds.machine.memory import Geometry, default_n_ctx
 from edgeds.runtime import template
 from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.params import GenerationParams, ModelDefaults
+from edgeds.runtime.prompt_cache import PromptTokenizer
 from edgeds.runtime.reasoning import ReasoningSplitter
 
 class PhaseStream:
@@ -117,6 +118,7 @@ class Engine:
         self.think_prefix = think_prefix and forces_think  # replies start inside <think>
         self.placement = placement
         self._cached: list[int] = []  # tokens whose KV is in sequence 0
+        self._tokenize = PromptTokenizer(self.model)  # tokenizes what differs from recent prompts
         self.reused_prompt_tokens = 0  # of the last prompt, tokens whose KV was already cached
         self._cancel = threading.Event()
         self._busy = threading.Lock()
@@ -140,7 +142,7 @@ class Engine:
         if self.think_prefix:
             prompt = template.open_think(prompt)
         try:
-            tokens = self.model.tokenize(prompt.text, add_special=False, parse_special=True)
+            tokens = self._tokenize(prompt.text)
         except UnicodeEncodeError as err:  # a lone surrogate ("\ud800" in JSON) has no UTF-8 form
             raise EdgedsError(f"the prompt is not valid Unicode: {err.object[err.start]!r} at character "
                               f"{err.start} ({err.reason})") from None
