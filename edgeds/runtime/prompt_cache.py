@@ -47,7 +47,10 @@ class PromptTokenizer:
             i = bisect_right(entry.cut_chars, common_prefix(entry.text, text, len(text))) - 1
             if i >= 0 and entry.cut_chars[i] > chars:
                 base, chars, cut = entry, entry.cut_chars[i], i
-        rest = self.model.tokenize(text[chars:], add_special=False, parse_special=True) if chars < len(text) else []
+        try:
+            rest = self.model.tokenize(text[chars:], add_special=False, parse_special=True) if chars < len(text) else []
+        except UnicodeEncodeError as err:  # where it is in the whole text
+            raise UnicodeEncodeError(err.encoding, text, err.start + chars, err.end + chars, err.reason) from None
         if base is None:
             tokens, cut_chars, cut_tokens = rest, [], []
         else:
