@@ -97,3 +97,47 @@ def test_serve_reports_cached_tokens(engine, shared_len):
     assert second.prompt_tokens_details.cached_tokens == min(shared_len, second.prompt_tokens - EXACT_TAIL)
     streamed = [c.usage for c in chunks if c.usage][0]
     assert streamed.prompt_tokens_details.cached_tokens >= shared_len - EXACT_TAIL
+
+
+class KvLog:
+    """Stands in for the llama.cpp context: records what the cache asks of the KV."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def copy_seq(self, src: int, dst: int) -> None:
+        self.calls.append(("copy", src, dst))
+
+    def forget(self, seq: int, start: int = 0) -> None:
+        self.calls.append(("forget", seq, start))
+
+
+def test_placement_rules():
+    from edgeds.runtime.prefix_cache import MIN_COPY_TOKENS, PrefixCache
+
+    system = list(range(1000))
+    prompt = system + [5000 + i for i in range(100)]
+    kv = KvLog()
+    cache = PrefixCache(kv)  # type: ignore[arg-type]
+    # nothing cached: the lowest free id, whole prompt to decode
+    assert cache.place(prompt, [3, 1, 2], {}, set()) == (1, 0)
+    # a running sequence still decoding the shared start: wait for it
+    assert cache.place(system + [7] * 100, [2, 3], {1: (prompt, 500)}, set()) is None
+    # once it has: copy its KV to the lowest free id, keep the shared start
+    kv.calls.clear()
+    assert cache.place(system + [7] * 100, [2, 3], {1: (prompt, len(prompt))}, set()) == (2, 1000)
+    assert kv.calls == [("copy", 1, 2), ("forget", 2, 1000)]
+    # a sequence placed this step is no source yet (its copy is pending), and no reason to wait
+    # beyond what it will hold
+    assert cache.place(system + [8] * 100, [3], {1: (prompt, len(prompt)), 2: (system + [7] * 100, 1000)},
+                       {1, 2}) is None
+    # a finished sequence keeps its KV: reused in place, no copy
+    cache.release(3, prompt)
+    kv.calls.clear()
+    assert cache.place(prompt, [0, 3], {}, set()) == (3, len(prompt) - EXACT_TAIL)
+    assert kv.calls == [("forget", 3, len(prompt) - EXACT_TAIL)]
+    # a short shared start is not worth a copy of a whole KV stream
+    short = list(range(MIN_COPY_TOKENS - 1)) + [9] * 100
+    kv.calls.clear()
+    assert cache.place(short, [0], {1: (list(range(MIN_COPY_TOKENS - 1)) + [4] * 100, 500)}, set()) == (0, 0)
+    assert kv.calls == [("forget", 0, 0)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -213,10 +214,12 @@ class Context:
         self.n_batch = n_batch
         self.memory = llama_cpp.llama_get_memory(ptr)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_seq_max)
+        self._run = (0, 0)  # (rows, seq): the batch's first rows carry one seq id each, this one
 
     def decode(self, items: Sequence[tuple[int, int, int, bool]]) -> None:
         """Decode (token, pos, seq_id, want_logits) items; at most n_batch of them."""
         batch = self._batch
+        self._run = (0, 0)
         for i, (token, pos, seq, logits) in enumerate(items):
             batch.token[i] = token
             batch.pos[i] = pos
@@ -241,11 +244,36 @@ class Context:
             if should_stop is not None and should_stop():
                 return False
             hi = min(lo + self.n_batch, n)
-            self.decode([(tokens[i], start + i, seq, i == n - 1) for i in range(lo, hi)])
+            self._decode_run(tokens[lo:hi], start + lo, seq, logits=hi == n)
         return True
+
+    def _decode_run(self, tokens: Sequence[int], start: int, seq: int, logits: bool) -> None:
+        """Decode a run of one sequence's tokens (logits for the last one if `logits`), the batch
+        filled by whole arrays: a ctypes store per field and token costs about as much as a
+        small model's prompt decode on a GPU."""
+        batch, n = self._batch, len(tokens)
+        ids, positions = array("i", tokens), array("i", range(start, start + n))  # alive through the copies
+        ctypes.memmove(batch.token, ids.buffer_info()[0], 4 * n)
+        ctypes.memmove(batch.pos, positions.buffer_info()[0], 4 * n)
+        rows, run_seq = self._run
+        if run_seq != seq or rows < n:
+            for i in range(0 if run_seq != seq else rows, n):
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq
+            self._run = (n, seq)
+        ctypes.memset(batch.logits, 0, n)
+        batch.logits[n - 1] = logits
+        batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self.ptr, batch)
+        if rc == 1:
+            raise ContextOverflow(f"the KV cache is full (n_ctx={self.n_ctx})")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
 
     def decode_one(self, token: int, pos: int, seq: int = 0) -> None:
         batch = self._batch
+        if self._run[1] != seq:
+            self._run = (0, 0)
         batch.token[0] = token
         batch.pos[0] = pos
         batch.n_seq_id[0] = 1
