@@ -65,6 +65,7 @@ def test_second_request_decodes_only_its_own_tokens(engine, shared_len):
     assert second.answer
 
 
+@pytest.mark.slow
 def test_requests_submitted_together_decode_the_shared_prefix_once(engine, shared_len):
     """Two rows sent at once: the second waits until the first has decoded the system prompt,
     then copies its KV (from another KV stream) instead of decoding it again. (Its first own
