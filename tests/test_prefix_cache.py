@@ -37,7 +37,7 @@ def shared_len(engine) -> int:
 
 
 def uncached(engine, question: str):
-    with Scheduler(engine, parallel=1, seq_ctx=2048) as scheduler:
+    with Scheduler(engine, parallel=1, seq_ctx=1280) as scheduler:
         return scheduler.submit(chat(question), GREEDY).result()
 
 
@@ -51,7 +51,7 @@ def test_common_prefix():
 
 
 def test_second_request_decodes_only_its_own_tokens(engine, shared_len):
-    with Scheduler(engine, parallel=2, seq_ctx=2048) as scheduler:
+    with Scheduler(engine, parallel=2, seq_ctx=1280) as scheduler:
         first = scheduler.submit(chat("What is two plus two?"), GREEDY).result()
         second = scheduler.submit(chat("Name a colour."), GREEDY).result()
     assert first.stats.cached_tokens == 0
@@ -71,7 +71,7 @@ def test_requests_submitted_together_decode_the_shared_prefix_once(engine, share
     then copies its KV (from another KV stream) instead of decoding it again. (Its first own
     token shares a ubatch with the first row's next token, so its bits may differ from a lone
     decode: no exact-output check here.)"""
-    with Scheduler(engine, parallel=2, seq_ctx=2048) as scheduler:
+    with Scheduler(engine, parallel=2, seq_ctx=1280) as scheduler:
         a = scheduler.submit(chat("What is two plus two?"), GREEDY)
         b = scheduler.submit(chat("Name a colour."), GREEDY)
         a, b = a.result(), b.result()
@@ -81,7 +81,7 @@ def test_requests_submitted_together_decode_the_shared_prefix_once(engine, share
 
 
 def test_serve_reports_cached_tokens(engine, shared_len):
-    with Scheduler(engine, parallel=1, seq_ctx=2048) as scheduler:
+    with Scheduler(engine, parallel=1, seq_ctx=1280) as scheduler:
         server = Server(scheduler, port=0)
         server.start()
         try:
