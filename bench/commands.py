@@ -41,7 +41,8 @@ from batch_throughput import run_raw, smollm2  # noqa: E402 - the raw batched lo
 
 from edgeds.machine.hardware import physical_cores  # noqa: E402
 from edgeds.measure.bench import RawLoop  # noqa: E402
-from edgeds.runtime import Engine, GenerationParams  # noqa: E402
+from edgeds.runtime import Engine, GenerationParams, template  # noqa: E402
+from edgeds.runtime.prefix_cache import common_prefix  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GREEDY = ["--temperature", "0", "--repeat-penalty", "1"]
@@ -181,19 +182,23 @@ def edgeds_ttft(engine: Engine, messages: list[dict]) -> float:
     raise RuntimeError("no done event")
 
 
-def raw_ttft(raw: RawLoop, text: str) -> float:
-    """llama.cpp's own path from text: tokenize, decode the prompt, sample the first token."""
+def raw_ttft(raw: RawLoop, text: str, previous: list[int]) -> float:
+    """llama.cpp's own path from text: tokenize, keep the KV of the start shared with the
+    previous prompt (as the Engine and llama-server do), decode the rest, sample the first token."""
     vocab = llama_cpp.llama_model_get_vocab(raw.model)
     data = text.encode()
     t0 = time.perf_counter()
     buf = (llama_cpp.llama_token * (len(data) + 8))()
-    n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, len(buf), False, True)
-    llama_cpp.llama_memory_clear(raw.memory, True)
-    raw._fill(list(buf[:n]), 0)
+    tokens = list(buf[:llama_cpp.llama_tokenize(vocab, data, len(data), buf, len(buf), False, True)])
+    keep = min(common_prefix(previous, tokens, len(tokens)), len(tokens) - 1)
+    llama_cpp.llama_memory_seq_rm(raw.memory, 0, keep, -1)
+    raw._fill(tokens[keep:], keep)
     if llama_cpp.llama_decode(raw.ctx, raw.batch) != 0:
         raise RuntimeError("llama_decode failed")
     llama_cpp.llama_sampler_sample(raw.sampler, raw.ctx, -1)
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    previous[:] = tokens
+    return elapsed
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -273,15 +278,14 @@ def main() -> None:
     if "ttft" in args.only:
         n_prompt = len(engine.prompt_tokens(ttft_messages(0, ttft_words))[0]) + 8
         raw = RawLoop(model, n_prompt=n_prompt, n_gen=1, threads=threads)
-        bos = engine.model.token_text(engine.model.bos_id) if engine.model.bos_id >= 0 else ""
-        from edgeds.runtime import template
-
-        raw_s, ours = [], []
+        bos, eos = (engine.model.token_text(t) if t >= 0 else "" for t in (engine.model.bos_id, engine.model.eos_id))
+        raw_s, ours, previous = [], [], []
         for i in range(runs + 1):  # the first pair warms up
             messages = ttft_messages(i, ttft_words)
-            text = template.render(engine.chat_template, template.answer_only(messages), bos_token=bos,
-                                   eos_token="").text
-            a, b = raw_ttft(raw, text), edgeds_ttft(engine, messages)
+            prompt = template.render(engine.chat_template, template.answer_only(messages, allow_system=engine.allow_system),
+                                     bos_token=bos, eos_token=eos)
+            text = template.open_think(prompt).text if engine.think_prefix else prompt.text  # the Engine's text
+            a, b = raw_ttft(raw, text, previous), edgeds_ttft(engine, messages)
             if i:
                 raw_s.append(a)
                 ours.append(b)
