@@ -79,29 +79,27 @@ def run_raw(model_ptr, vocab, prompts: list[list[int]], parallel: int, max_token
                 llama_cpp.llama_memory_seq_rm(memory, seq, 0, -1)
                 llama_cpp.llama_sampler_reset(samplers[seq])
                 slots[seq] = [queue.pop(0), 0, 0, None, 0]
-        n = 0
+        items: list[tuple[int, int, int, bool]] = []  # (token, pos, seq, logits)
+        for seq, slot in slots.items():
+            if slot[3] is not None:
+                items.append((slot[3], slot[2], seq, True))
+        for seq, slot in slots.items():
+            tokens = prompts[slot[0]]
+            if slot[3] is None and slot[1] < len(tokens):
+                chunk = tokens[slot[1]: slot[1] + 512 - len(items)]
+                for i, token in enumerate(chunk):
+                    items.append((token, slot[1] + i, seq, slot[1] + i == len(tokens) - 1))
+                slot[1] += len(chunk)
+                slot[2] = slot[1]
+        # in seq order, as llama.cpp wants them (KV streams apart): consecutive ids share a ubatch
+        items.sort(key=lambda item: item[2])
         wants: list[tuple[int, int]] = []  # (batch row, seq)
-
-        def add(token, pos, seq, logits):
-            nonlocal n
+        for n, (token, pos, seq, logits) in enumerate(items):
             batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
             batch.seq_id[n][0], batch.logits[n] = seq, logits
             if logits:
                 wants.append((n, seq))
-            n += 1
-
-        for seq, slot in slots.items():
-            if slot[3] is not None:
-                add(slot[3], slot[2], seq, True)
-        for seq, slot in slots.items():
-            tokens = prompts[slot[0]]
-            if slot[3] is None and slot[1] < len(tokens):
-                chunk = tokens[slot[1]: slot[1] + 512 - n]
-                for i, token in enumerate(chunk):
-                    add(token, slot[1] + i, seq, slot[1] + i == len(tokens) - 1)
-                slot[1] += len(chunk)
-                slot[2] = slot[1]
-        batch.n_tokens = n
+        batch.n_tokens = len(items)
         if llama_cpp.llama_decode(ctx, batch) != 0:
             raise RuntimeError("llama_decode failed")
         for row, seq in wants:

@@ -48,7 +48,7 @@ class Stats:
     """What one generation cost.
 
     Attributes:
-        prompt_tokens: tokens evaluated for the prompt (after any prefix-cache reuse they still count).
+        prompt_tokens: tokens of the prompt (those whose KV was reused from a cached prefix count too).
         reasoning_tokens: generated tokens that belong to the reasoning, tags included.
         answer_tokens: generated tokens that belong to the answer.
         ttft_s: seconds from the call to the first generated token.
@@ -61,6 +61,8 @@ class Stats:
             (`thinking_note` says why, for front ends to show).
         draft_tokens: tokens a draft proposed (speculative decoding; 0 without a draft).
         accepted_tokens: of those, the ones the model's own samples matched and kept.
+        cached_tokens: prompt tokens whose KV came from a cached prefix instead of being
+            decoded (OpenAI's `prompt_tokens_details.cached_tokens`).
     """
 
     prompt_tokens: int = 0
@@ -74,6 +76,12 @@ class Stats:
     stopped_thinking: bool = False
     draft_tokens: int = 0
     accepted_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def decoded_prompt_tokens(self) -> int:
+        """Prompt tokens actually decoded for this generation."""
+        return self.prompt_tokens - self.cached_tokens
 
     @property
     def completion_tokens(self) -> int:
@@ -182,4 +190,5 @@ class GenerationTimer:
             stopped_thinking=stopped_thinking and finish_reason != "error",
             draft_tokens=draft_tokens,
             accepted_tokens=accepted_tokens,
+            cached_tokens=prompt_tokens - decoded,
         )

@@ -36,7 +36,7 @@ def test_json_events_from_smollm2(smollm2_path):
     stats = events[-1]["stats"]
     assert set(stats) == {
         "prompt_tokens", "reasoning_tokens", "answer_tokens", "ttft_s", "prompt_tok_s", "decode_tok_s", "finish_reason",
-        "stopped_thinking", "draft_tokens", "accepted_tokens",
+        "stopped_thinking", "draft_tokens", "accepted_tokens", "cached_tokens",
     }
     assert stats["stopped_thinking"] is False
     assert stats["decode_tok_s"] > 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -79,6 +80,7 @@ class Model:
         self.metadata = self._read_metadata()
         self._pieces: dict[tuple[int, bool], bytes] = {}
         self._eog: dict[int, bool] = {}
+        self._splits: dict[int, bool] = {}
         self.arch = self.metadata.get("general.architecture", "")
 
     def _read_metadata(self) -> dict[str, str]:
@@ -133,6 +135,17 @@ class Model:
         if eog is None:
             eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
         return eog
+
+    def splits_text(self, token: int) -> bool:
+        """A special token (control or user-defined) that strips no whitespace beside it: with
+        parse_special, llama.cpp cuts the text at it and tokenizes the pieces apart."""
+        split = self._splits.get(token)
+        if split is None:
+            attr = llama_cpp.llama_vocab_get_attr(self.vocab, token)
+            special = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+            strips = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
+            split = self._splits[token] = bool(attr & special) and not attr & strips
+        return split
 
     def close(self) -> None:
         if getattr(self, "ptr", None):
@@ -201,10 +214,12 @@ class Context:
         self.n_batch = n_batch
         self.memory = llama_cpp.llama_get_memory(ptr)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_seq_max)
+        self._run = (0, 0)  # (rows, seq): the batch's first rows carry one seq id each, this one
 
     def decode(self, items: Sequence[tuple[int, int, int, bool]]) -> None:
         """Decode (token, pos, seq_id, want_logits) items; at most n_batch of them."""
         batch = self._batch
+        self._run = (0, 0)
         for i, (token, pos, seq, logits) in enumerate(items):
             batch.token[i] = token
             batch.pos[i] = pos
@@ -229,11 +244,36 @@ class Context:
             if should_stop is not None and should_stop():
                 return False
             hi = min(lo + self.n_batch, n)
-            self.decode([(tokens[i], start + i, seq, i == n - 1) for i in range(lo, hi)])
+            self._decode_run(tokens[lo:hi], start + lo, seq, logits=hi == n)
         return True
+
+    def _decode_run(self, tokens: Sequence[int], start: int, seq: int, logits: bool) -> None:
+        """Decode a run of one sequence's tokens (logits for the last one if `logits`), the batch
+        filled by whole arrays: a ctypes store per field and token costs about as much as a
+        small model's prompt decode on a GPU."""
+        batch, n = self._batch, len(tokens)
+        ids, positions = array("i", tokens), array("i", range(start, start + n))  # alive through the copies
+        ctypes.memmove(batch.token, ids.buffer_info()[0], 4 * n)
+        ctypes.memmove(batch.pos, positions.buffer_info()[0], 4 * n)
+        rows, run_seq = self._run
+        if run_seq != seq or rows < n:
+            for i in range(0 if run_seq != seq else rows, n):
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = seq
+            self._run = (n, seq)
+        ctypes.memset(batch.logits, 0, n)
+        batch.logits[n - 1] = logits
+        batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self.ptr, batch)
+        if rc == 1:
+            raise ContextOverflow(f"the KV cache is full (n_ctx={self.n_ctx})")
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
 
     def decode_one(self, token: int, pos: int, seq: int = 0) -> None:
         batch = self._batch
+        if self._run[1] != seq:
+            self._run = (0, 0)
         batch.token[0] = token
         batch.pos[0] = pos
         batch.n_seq_id[0] = 1
@@ -249,6 +289,11 @@ class Context:
     def forget(self, seq: int, start: int = 0) -> None:
         """Drop positions start.. of a sequence from the KV cache."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq, start, -1)
+
+    def copy_seq(self, src: int, dst: int) -> None:
+        """Make `dst` hold all of `src`'s KV. Between streams (kv_unified off) llama.cpp copies
+        the whole stream, and only as a whole: trim `dst` with `forget` afterwards."""
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
 
     def clear(self) -> None:
         llama_cpp.llama_memory_clear(self.memory, True)

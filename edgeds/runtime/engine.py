@@ -21,6 +21,7 @@ from edgeds.runtime import template
 from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.lora import LoraSpec, apply_loras, load_loras
 from edgeds.runtime.params import GenerationParams, ModelDefaults
+from edgeds.runtime.prompt_cache import PromptTokenizer
 from edgeds.runtime.reasoning import ReasoningSplitter
 from edgeds.runtime.sequence import TokenSequence
 from edgeds.runtime.speculative import Speculation, speculate
@@ -132,6 +133,7 @@ class Engine:
         self.placement = placement
         self.speculation = speculation
         self._cached: list[int] = []  # tokens whose KV is in sequence 0
+        self._tokenize = PromptTokenizer(self.model)  # tokenizes what differs from recent prompts
         self.reused_prompt_tokens = 0  # of the last prompt, tokens whose KV was already cached
         self._cancel = threading.Event()
         self._busy = threading.Lock()
@@ -155,7 +157,7 @@ class Engine:
         if self.think_prefix:
             prompt = template.open_think(prompt)
         try:
-            tokens = self.model.tokenize(prompt.text, add_special=False, parse_special=True)
+            tokens = self._tokenize(prompt.text)
         except UnicodeEncodeError as err:  # a lone surrogate ("\ud800" in JSON) has no UTF-8 form
             raise EdgedsError(f"the prompt is not valid Unicode: {err.object[err.start]!r} at character "
                               f"{err.start} ({err.reason})") from None

@@ -4,9 +4,11 @@ Like llama-server's slots: the context holds `parallel` sequences whose KV cache
 each step puts one llama_batch together carrying the next token of every running sequence
 and, in the room left, prompt tokens of newly admitted ones (each under its own seq_id).
 Every sequence is drawn by its own llama.cpp sampler chain from its own batch row, so its
-seed alone decides its samples. When a sequence finishes, its KV cells are dropped and the
-next waiting request takes the slot at once (continuous batching); a new request never
-interrupts a running one.
+seed alone decides its samples. When a sequence finishes, the next waiting request takes the
+slot at once (continuous batching); a new request never interrupts a running one. A finished
+sequence keeps its KV cells until its slot is needed, so a request that starts like an earlier
+or running one (a shared system prompt) decodes only what is new (`PrefixCache`;
+Stats.cached_tokens counts what it skipped).
 
 `edgeds batch` and `edgeds serve` both run on this; the single-sequence `Engine` lends its
 model, chat template and defaults.
@@ -26,6 +28,7 @@ from edgeds.runtime.engine import Engine, PhaseStream
 from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.lora import apply_loras
 from edgeds.runtime.params import GenerationParams
+from edgeds.runtime.prefix_cache import PrefixCache, prompt_chunk
 from edgeds.runtime.rawtext import RawStream, raw_prompt_tokens
 from edgeds.runtime.sequence import TokenSequence
 from edgeds.runtime.speculative import verify
@@ -64,6 +67,16 @@ class Request:
             if isinstance(event, Done):
                 return
 
+    def event_batches(self) -> Iterator[list[Event]]:
+        """Like `events()`, each time all events queued by then (a slow reader catches up in one go)."""
+        while True:
+            batch = [self._events.get()]
+            while not isinstance(batch[-1], Done) and not self._events.empty():
+                batch.append(self._events.get())
+            yield batch
+            if isinstance(batch[-1], Done):
+                return
+
     def result(self, timeout: float | None = None) -> Completion:
         if not self._finished.wait(timeout):
             raise TimeoutError("the generation has not finished")
@@ -80,6 +93,7 @@ class _Slot:
         self.sampler = request.sampler
         self.phases = phases
         self.fed = 0  # prompt tokens decoded so far
+        self.reused = 0  # prompt tokens whose KV came from the prefix cache
         self.pos = 0  # next KV position
         self.last: int | None = None  # sampled token not yet decoded
         self.tokens = list(request.tokens)  # prompt + output so far (what a drafter reads)
@@ -126,6 +140,7 @@ class Scheduler:
         apply_loras(self.ctx, getattr(engine, "loras", ()))
         self.speculation = engine.speculation and engine.speculation.for_slots(
             parallel, self.seq_ctx, n_threads or engine.n_threads)
+        self._prefix = PrefixCache(self.ctx)
         self._waiting: deque[Request] = deque()
         self._slots: dict[int, _Slot] = {}
         self._wake = threading.Condition()
@@ -197,6 +212,7 @@ class Scheduler:
                 for slot in list(self._slots.values()):
                     self._finish(slot, "error", f"{type(err).__name__}: {err}")
                 self.ctx.clear()
+                self._prefix.clear()
         for slot in list(self._slots.values()):
             self._finish(slot, "cancelled")
         while self._waiting:
@@ -207,24 +223,28 @@ class Scheduler:
             self._waiting.remove(request)
             self._reject(request, "cancelled")
         free = [seq for seq in range(self.parallel) if seq not in self._slots]
+        fresh: set[int] = set()
         while free and self._waiting:
+            running = {s.seq: (s.request.tokens, s.fed) for s in self._slots.values()}
+            placed = self._prefix.place(self._waiting[0].tokens, free, running, fresh)
+            if placed is None:  # a running sequence is decoding the prefix it shares: reuse it next step
+                break
             request = self._waiting.popleft()
-            seq = free.pop(0)
-            self.ctx.forget(seq)
-            self._slots[seq] = _Slot(seq, request, request.sampler.phases)
+            seq, reused = placed
+            fresh.add(seq)
+            slot = self._slots[seq] = _Slot(seq, request, request.sampler.phases)
+            slot.fed = slot.reused = reused
             if self.speculation and self.speculation.applies(request.params):
-                self._slots[seq].draft = self.speculation.start()
+                slot.draft = self.speculation.start()
 
     def _step(self) -> None:
         items: list[tuple[int, int, int, bool]] = []
-        rows: list[tuple[_Slot, int]] = []  # slots that get logits, and their first logits row
         for slot in list(self._slots.values()):
             if slot.request.cancelled:
                 self._finish(slot, "cancelled")
         drafts = self._propose()
         for slot in list(self._slots.values()):
             if slot.last is not None:
-                rows.append((slot, len(items)))
                 items.append((slot.last, slot.pos, slot.seq, True))
                 items += [(t, slot.pos + 1 + i, slot.seq, True) for i, t in enumerate(drafts.get(slot.seq, ()))]
         for slot in list(self._slots.values()):
@@ -233,18 +253,26 @@ class Scheduler:
                 break
             if slot.last is not None or slot.fed >= len(slot.request.tokens):
                 continue
-            chunk = slot.request.tokens[slot.fed: slot.fed + room]
+            chunk = slot.request.tokens[slot.fed: slot.fed + prompt_chunk(len(slot.request.tokens) - slot.fed, room)]
+            if not chunk:
+                continue
             end = slot.fed + len(chunk)
-            if end == len(slot.request.tokens):
-                rows.append((slot, len(items) + len(chunk) - 1))
             for i, token in enumerate(chunk):
                 last = slot.fed + i == len(slot.request.tokens) - 1
                 items.append((token, slot.fed + i, slot.seq, last))
             slot.fed = end
         if not items:
             return
+        # In seq order: llama.cpp (KV streams apart) puts only runs of consecutive seq ids in one
+        # ubatch, so slots in the order they were refilled made one step several graph runs.
+        items.sort(key=lambda item: item[2])  # stable: a sequence's own rows keep their order
         self.ctx.decode(items)
-        for slot, row in rows:
+        first_rows: dict[int, int] = {}  # seq → its first row with logits (a verify step has several)
+        for row, item in enumerate(items):
+            if item[3]:
+                first_rows.setdefault(item[2], row)
+        for seq, row in first_rows.items():
+            slot = self._slots[seq]
             if slot.last is None:  # its prompt just finished
                 slot.pos = len(slot.request.tokens)
                 slot.timer.prompt_done()
@@ -304,10 +332,11 @@ class Scheduler:
 
     def _finish(self, slot: _Slot, finish: str, error: str | None = None) -> None:
         del self._slots[slot.seq]
-        self.ctx.forget(slot.seq)
+        self._prefix.release(slot.seq, slot.request.tokens[:slot.fed])  # its KV stays for a later prompt
         slot.sampler.close()
         self._emit(slot, slot.sampler.finish())
         stats = slot.timer.stats(prompt_tokens=len(slot.request.tokens), generated=slot.generated,
+                                 decoded_prompt_tokens=len(slot.request.tokens) - slot.reused,
                                  reasoning_tokens=slot.phases.reasoning_tokens,
                                  answer_tokens=slot.phases.answer_tokens,
                                  finish_reason=finish, error=error,  # type: ignore[arg-type]

@@ -316,13 +316,15 @@ class OrderedWriter:
         self._order = indexes
 
     def put(self, index: int, row: dict) -> None:
-        """A finished row: written now if it is next in order, else journaled until its turn."""
+        """A finished row: written now if it is next in order, else journaled until its turn;
+        durable (fsynced) when this returns. The rows it lets out of the journal go in one write."""
         if self._next < len(self._order) and self._order[self._next] == index:
-            self._write(self._out, row)
+            lines = [row]
             self._next += 1
             while self._next < len(self._order) and self._order[self._next] in self._held:
-                self._write(self._out, self._held.pop(self._order[self._next]))
+                lines.append(self._held.pop(self._order[self._next]))
                 self._next += 1
+            self._write(self._out, *lines)
         else:
             if self.journal.get(index) is not row:  # rows recovered from the journal are there already
                 self._write(self._pending, {"index": index, "row": row})
@@ -332,9 +334,9 @@ class OrderedWriter:
     def complete(self) -> bool:
         return self._next == len(self._order)
 
-    def _write(self, f, row: dict) -> None:
+    def _write(self, f, *rows: dict) -> None:
         try:
-            f.write(_line(row))
+            f.write(b"".join(_line(row) for row in rows))
             f.flush()
             os.fsync(f.fileno())
         except OSError as err:

@@ -530,46 +530,59 @@ class _Handler(BaseHTTPRequestHandler):
             return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
                     "choices": choices}
 
+        # a plain text chunk is the same JSON every time but for its text: encode the rest once
+        frames: dict[tuple[int, type], tuple[bytes, bytes]] = {}
+
+        def text_chunk(index: int, event: Reasoning | Answer) -> bytes:
+            key = (index, type(event))
+            if key not in frames:
+                frames[key] = _frame(lambda delta: chunk(index, delta),
+                                     "reasoning_content" if isinstance(event, Reasoning) else "content")
+            head, tail = frames[key]
+            return head + json.dumps(event.text, ensure_ascii=False).encode("utf-8") + tail
+
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        for index in range(len(requests)):
-            self._event(chunk(index, {"role": "assistant", "content": ""}))
+        self._write([_sse(chunk(index, {"role": "assistant", "content": ""})) for index in range(len(requests))])
         done: list[Stats] = []
         failed = False
         parsers = [ToolCallParser() for _ in requests] if parse_calls else None
-        for index, event in _merged(requests):
-            calls = parsers[index] if parsers else None
-            if isinstance(event, Reasoning):
-                self._event(chunk(index, {"reasoning_content": event.text}))
-            elif isinstance(event, Answer) and calls is None:
-                self._event(chunk(index, {"content": event.text}, events=[event]))
-            elif isinstance(event, Answer):
-                for piece in calls.feed(event.text):
-                    self._event(chunk(index, answer_delta(piece)))
-            elif isinstance(event, Done):
-                for piece in calls.finish() if calls else ():
-                    self._event(chunk(answer_delta(piece)))
-                stats = event.stats
-                done.append(stats)
-                if stats.finish_reason == "error":
-                    failed = True
-                    self._event(error_body(stats.error or "generation failed", type="server_error"))
-                else:
-                    final = chunk(index, {}, finish_reason(stats, bool(calls and calls.calls)))
-                    final["choices"][0].update(thinking_flag(stats))
-                    self._event(final)
-        if include_usage and not failed:
-            self._event({**chunk(0, {}), "choices": [], "usage": total_usage(done)})
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
+        for batch in _merged(requests):  # what queued up while the last write went out: one write
+            out: list[bytes] = []
+            for index, event in batch:
+                calls = parsers[index] if parsers else None
+                if isinstance(event, Answer) and calls is not None:
+                    out += [_sse(chunk(index, answer_delta(piece))) for piece in calls.feed(event.text)]
+                elif isinstance(event, Answer) and logprobs:
+                    out.append(_sse(chunk(index, {"content": event.text}, events=[event])))
+                elif isinstance(event, (Reasoning, Answer)):
+                    out.append(text_chunk(index, event))
+                elif isinstance(event, Done):
+                    out += [_sse(chunk(index, answer_delta(piece))) for piece in (calls.finish() if calls else ())]
+                    stats = event.stats
+                    done.append(stats)
+                    if stats.finish_reason == "error":
+                        failed = True
+                        out.append(_sse(error_body(stats.error or "generation failed", type="server_error")))
+                    else:
+                        final = chunk(index, {}, finish_reason(stats, bool(calls and calls.calls)))
+                        final["choices"][0].update(thinking_flag(stats))
+                        out.append(_sse(final))
+            self._write(out)
+        tail = [_sse({**chunk(0, {}), "choices": [], "usage": total_usage(done)})] if include_usage and not failed else []
+        self._write(tail + [b"data: [DONE]\n\n"])
 
     def _event(self, data: dict) -> None:
-        self.wfile.write(b"data: " + json.dumps(data, ensure_ascii=False).encode("utf-8") + b"\n\n")
-        self.wfile.flush()
+        self._write([_sse(data)])
+
+    def _write(self, frames: list[bytes]) -> None:
+        if frames:
+            self.wfile.write(b"".join(frames))
+            self.wfile.flush()
 
     def _json(self, status: int, body: dict, *, headers: dict[str, str] | None = None, close: bool = False) -> None:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -586,10 +599,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def _merged(requests: list) -> Iterator[tuple[int, Event]]:
-    """(choice index, event) of several requests as they come; one request needs no threads."""
+def _sse(data: dict) -> bytes:
+    return b"data: " + json.dumps(data, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+
+def _frame(chunk, key: str) -> tuple[bytes, bytes]:
+    """The SSE bytes before and after the JSON string of a `{key: text}` delta chunk."""
+    mark = uuid.uuid4().hex
+    head, tail = json.dumps(chunk({key: mark}), ensure_ascii=False).split(f'"{mark}"')
+    return b"data: " + head.encode("utf-8"), tail.encode("utf-8") + b"\n\n"
+
+
+def _merged(requests: list) -> Iterator[list[tuple[int, Event]]]:
+    """Batches of (choice index, event) of several requests as they come, each all that queued
+    up since the last one was taken; one request needs no threads."""
     if len(requests) == 1:
-        yield from ((0, event) for event in requests[0].events())
+        for batch in requests[0].event_batches():
+            yield [(0, event) for event in batch]
         return
     merged: queue.Queue[tuple[int, Event]] = queue.Queue()
 
@@ -601,9 +627,11 @@ def _merged(requests: list) -> Iterator[tuple[int, Event]]:
         threading.Thread(target=pump, args=(index, request), name="edgeds-choice", daemon=True).start()
     running = len(requests)
     while running:
-        index, event = merged.get()
-        running -= isinstance(event, Done)
-        yield index, event
+        batch = [merged.get()]
+        while not merged.empty():
+            batch.append(merged.get_nowait())
+        running -= sum(isinstance(event, Done) for _, event in batch)
+        yield batch
 
 
 def _param_of(err: EdgedsError) -> str:

@@ -5,6 +5,10 @@ pipe gets the answer alone. With `json_lines`, every event is printed as one JSO
 With `progress` (stdout redirected, stderr a terminal), a line on stderr counts the tokens while
 nothing else shows that the model is still writing. A reply that ends inside its think block
 gets a line that says so (`Stats.thinking_note`).
+
+Per token the loop does little: a text event is written as it comes, a JSON line is put
+together from pre-encoded halves, and the streams are flushed at most every FLUSH_EVERY_S
+(and at the end), since a flush is a write system call and the decode loop waits for it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from edgeds.events import Answer, Done, Event, Reasoning, Stats, to_dict
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 CLEAR_LINE = "\r\x1b[2K"
 PROGRESS_EVERY_S = 0.25
+FLUSH_EVERY_S = 1 / 30  # faster than the eye reads; a pipe's reader gets each line as late as this
+JSON_TEXT_HEAD = {kind: '{"type": "' + kind + '", "text": ' for kind in ("reasoning", "answer")}  # to_dict's form
 
 
 @dataclass(frozen=True)
@@ -75,33 +81,39 @@ def show(events: Iterable[Event], output: Output, *, stdout: TextIO | None = Non
     stats = Stats(finish_reason="error", error="the generation ended without stats")
     tokens = 0  # text events so far: about one per token
     progress = _ProgressLine(stderr, output.progress)
+    flushed_at = time.monotonic()
     for event in events:
-        if isinstance(event, (Reasoning, Answer)):
-            tokens += 1
+        if isinstance(event, Done):
+            stats = event.stats
+            if output.json_lines:
+                stdout.write(json.dumps(to_dict(event), ensure_ascii=False) + "\n")
+            continue
+        tokens += 1
         if isinstance(event, Reasoning) and output.hide_reasoning:
             progress.update(tokens)
             continue
         if output.json_lines:
-            stdout.write(json.dumps(to_dict(event), ensure_ascii=False) + "\n")
-            stdout.flush()
+            stdout.write(JSON_TEXT_HEAD[event.type] + json.dumps(event.text, ensure_ascii=False) + "}\n")
         elif isinstance(event, Reasoning):
             if not in_reasoning and dim:
                 stderr.write(DIM)
             in_reasoning = True
             stderr.write(event.text)
-            stderr.flush()
-        elif isinstance(event, Answer):
+        else:
             if in_reasoning:
                 stderr.write((RESET if dim else "") + "\n\n")
                 stderr.flush()
                 in_reasoning = False
             stdout.write(event.text)
-            stdout.flush()
             answered = True
             progress.update(tokens)
-        if isinstance(event, Done):
-            stats = event.stats
+        now = time.monotonic()
+        if now - flushed_at >= FLUSH_EVERY_S:
+            stderr.flush()
+            stdout.flush()
+            flushed_at = now
     progress.clear()
+    stdout.flush()
     if not output.json_lines:
         if in_reasoning:
             stderr.write((RESET if dim else "") + "\n")
