@@ -26,6 +26,7 @@ from edgeds.runtime.engine import Engine, PhaseStream
 from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.lora import apply_loras
 from edgeds.runtime.params import GenerationParams
+from edgeds.llamacpp.binding import GrammarDeadEnd
 from edgeds.runtime.rawtext import RawStream, raw_prompt_tokens
 from edgeds.runtime.sequence import TokenSequence
 from edgeds.runtime.speculative import verify
@@ -277,7 +278,12 @@ class Scheduler:
                 return
 
     def _sample(self, slot: _Slot, row: int) -> None:
-        self._take(slot, slot.sampler.draw(self.ctx, row))
+        try:
+            token = slot.sampler.draw(self.ctx, row)
+        except GrammarDeadEnd as err:  # this sequence's grammar alone: the others run on
+            self._finish(slot, "error", str(err))
+            return
+        self._take(slot, token)
 
     def _take(self, slot: _Slot, token: int) -> bool:
         """A sampled token: emit it, or finish the slot; False once it has finished."""
