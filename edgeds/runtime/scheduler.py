@@ -21,12 +21,11 @@ from typing import Callable, Iterator
 
 from edgeds.errors import ContextOverflow
 from edgeds.events import Completion, Done, Event, GenerationTimer, Reasoning, Stats
-from edgeds.llamacpp.binding import Context
+from edgeds.llamacpp.binding import Context, GrammarDeadEnd
 from edgeds.runtime.engine import Engine, PhaseStream
 from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.lora import apply_loras
 from edgeds.runtime.params import GenerationParams
-from edgeds.llamacpp.binding import GrammarDeadEnd
 from edgeds.runtime.rawtext import RawStream, raw_prompt_tokens
 from edgeds.runtime.sequence import TokenSequence
 from edgeds.runtime.speculative import verify
