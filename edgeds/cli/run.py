@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -91,6 +93,10 @@ def run(
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                               repeat_penalty=repeat_penalty, seed=seed, grammar=grammar_text,
                               reasoning_budget=reasoning_budget)
+    if json_schema and endpoint:  # the server compiles the schema itself (vLLM takes no GBNF)
+        schema = json.loads(json_schema.read_text(encoding="utf-8"))
+        params = replace(params, response_format=json.dumps({"type": "json_schema", "json_schema": {
+            "name": "schema", "schema": schema}}, ensure_ascii=False))
     output = Output(json_lines, hide_reasoning, verbose,
                     progress=not json_lines and not sys.stdout.isatty() and sys.stderr.isatty())
 

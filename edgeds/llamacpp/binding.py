@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import math
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Callable, Sequence
 
 import llama_cpp
 
-from edgeds.errors import ContextOverflow, ModelLoadError, UsageError
+from edgeds.errors import ContextOverflow, EdgedsError, ModelLoadError, UsageError
 from edgeds.llamacpp import devices
 from edgeds.llamacpp.backend import captured_llama_log, init_backend
 
@@ -352,18 +353,28 @@ class SamplingParams:
                    logit_bias=tuple(params.logit_bias or ()))
 
 
+class GrammarDeadEnd(EdgedsError):
+    """The grammar allows no token of the vocabulary at this point of the text."""
+
+
 class Sampler:
     """llama.cpp's C sampler chain, in llama.cpp's own order: [grammar] → logit bias → repeat
     penalty → presence/frequency penalties → top-k → top-p → min-p → temperature → draw
     (greedy at temperature 0, after the bias and penalties). Logit-bias ids must be in the
-    vocabulary (checked here: llama.cpp would index out of bounds)."""
+    vocabulary (checked here: llama.cpp would index out of bounds).
+
+    A chain with a grammar samples in steps (apply, check, accept) instead of through
+    `llama_sampler_sample`: when the grammar leaves no token, llama.cpp would accept one anyway
+    and abort the process; here that is a GrammarDeadEnd for this sequence alone."""
 
     def __init__(self, model: Model, params: SamplingParams):
         chain_params = llama_cpp.llama_sampler_chain_default_params()
         chain_params.no_perf = True
         self.ptr = llama_cpp.llama_sampler_chain_init(chain_params)
+        self._candidates = None
         add = lambda s: llama_cpp.llama_sampler_chain_add(self.ptr, s)  # noqa: E731
         if params.grammar:
+            self._candidates = _Candidates(model.n_vocab)
             grammar = llama_cpp.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
             if not grammar:
                 llama_cpp.llama_sampler_free(self.ptr)
@@ -397,8 +408,22 @@ class Sampler:
         add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
     def sample(self, ctx: Context, index: int = -1) -> int:
-        """Draw a token from row `index`'s logits and accept it into the chain's state."""
-        return llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, index)
+        """Draw a token from row `index`'s logits and accept it into the chain's state.
+
+        Raises:
+            GrammarDeadEnd: the grammar allows no token here (nothing is accepted).
+        """
+        if self._candidates is None:
+            return llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, index)
+        array = self._candidates.fill(ctx.logits_row(index))
+        llama_cpp.llama_sampler_apply(self.ptr, ctypes.byref(array))
+        selected = array.selected
+        if not 0 <= selected < array.size or not array.data[selected].logit > -math.inf:
+            raise GrammarDeadEnd("the grammar allows no token here: no token of the vocabulary can continue "
+                                 "the text it has matched so far (a dead end in the grammar)")
+        token = array.data[selected].id
+        llama_cpp.llama_sampler_accept(self.ptr, token)
+        return token
 
     def accept(self, token: int) -> None:
         """Tell the chain's state (penalties, grammar) about a token it did not draw."""
@@ -411,6 +436,31 @@ class Sampler:
 
     def __del__(self) -> None:
         self.close()
+
+
+class _Candidates:
+    """A llama_token_data_array over one logits row, its buffer reused from token to token
+    (what llama_sampler_sample builds inside llama.cpp)."""
+
+    def __init__(self, n_vocab: int):
+        import numpy as np
+
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self._data = np.zeros(n_vocab, dtype=[("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+        assert self._data.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
+        self._pointer = self._data.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        self._array = llama_cpp.llama_token_data_array()
+
+    def fill(self, logits) -> "llama_cpp.llama_token_data_array":
+        """The array over `logits` in vocabulary order, unsorted, nothing selected (the
+        samplers sort and shrink it in place)."""
+        data = self._data
+        data["id"] = self._ids
+        data["logit"] = logits
+        data["p"] = 0.0
+        array = self._array
+        array.data, array.size, array.selected, array.sorted = self._pointer, len(data), -1, False
+        return array
 
 
 class TextStream:

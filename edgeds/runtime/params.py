@@ -24,6 +24,8 @@ class GenerationParams:
     logprobs: bool | None = None  # attach each token's logprob to the text events
     top_logprobs: int | None = None  # and that many likeliest alternatives
     reasoning_budget: int | None = None  # most reasoning tokens; then the engine closes the think block
+    # the request's response_format (JSON text) behind `grammar`: what a remote server is sent
+    response_format: str | None = None
 
 
 @dataclass(frozen=True)

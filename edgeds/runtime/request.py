@@ -212,6 +212,8 @@ def sampling_params(data: Mapping[str, Any], defaults: GenerationParams = Genera
     for key, (field, check) in CHECKED_FIELDS.items():
         if data.get(key) is not None:
             given[field] = check(data[key])
+    if given.get("grammar") is not None and data.get("response_format") is not None:  # kept as given
+        given["response_format"] = json.dumps(data["response_format"], ensure_ascii=False)
     if given.get("top_logprobs") is not None and not given.get("logprobs"):
         raise RequestError("top_logprobs", "'top_logprobs' needs 'logprobs': true")
     return replace(defaults, **{k: v for k, v in given.items() if v is not None})

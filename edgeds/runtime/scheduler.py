@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 from edgeds.errors import ContextOverflow
 from edgeds.events import Completion, Done, Event, GenerationTimer, Reasoning, Stats
-from edgeds.llamacpp.binding import Context
+from edgeds.llamacpp.binding import Context, GrammarDeadEnd
 from edgeds.runtime.engine import Engine, PhaseStream
 from edgeds.runtime.grammar import check_grammar
 from edgeds.runtime.lora import apply_loras
@@ -296,7 +296,11 @@ class Scheduler:
 
     def _verify(self, slot: _Slot, row: int, draft: list[int]) -> None:
         """Take the samples of a slot's verify rows (speculative.verify); drop rejected KV."""
-        out = verify(slot.sampler.draw, self.ctx, range(row, row + len(draft) + 1), draft)
+        try:
+            out = verify(slot.sampler.draw, self.ctx, range(row, row + len(draft) + 1), draft)
+        except GrammarDeadEnd as err:  # this sequence's grammar alone: the others run on
+            self._finish(slot, "error", str(err))
+            return
         self.ctx.forget(slot.seq, slot.pos + len(out))
         self.speculation.record(slot.draft, len(draft), len(out) - 1)
         for token in out:
@@ -305,7 +309,12 @@ class Scheduler:
                 return
 
     def _sample(self, slot: _Slot, row: int) -> None:
-        self._take(slot, slot.sampler.draw(self.ctx, row))
+        try:
+            token = slot.sampler.draw(self.ctx, row)
+        except GrammarDeadEnd as err:  # this sequence's grammar alone: the others run on
+            self._finish(slot, "error", str(err))
+            return
+        self._take(slot, token)
 
     def _take(self, slot: _Slot, token: int) -> bool:
         """A sampled token: emit it, or finish the slot; False once it has finished."""

@@ -144,7 +144,9 @@ class RemoteBackend:
             value = getattr(params, key)
             if value is not None:
                 body[key] = value
-        if params.grammar:
+        if params.response_format:  # as the request gave it: any OpenAI-compatible server takes it
+            body["response_format"] = json.loads(params.response_format)
+        elif params.grammar:
             body["grammar"] = params.grammar  # llama-server and edgeds serve take GBNF here
         body.update(wire_fields(params))
         self._cancel.clear()

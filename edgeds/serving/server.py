@@ -413,49 +413,66 @@ class _Handler(BaseHTTPRequestHandler):
         """POST /v1/completions: a raw prompt (no chat template), its continuation as `text`."""
         state = self.server_state
         try:
-            text = parse_completion(self._read_body(), state.defaults)
+            text = parse_completion(self._read_body(), state.defaults, max_n=state.scheduler.parallel)
         except BadBody as err:
             raise ApiError(400, str(err)) from None
         except RequestError as err:
             raise ApiError(400, str(err), param=err.key) from None
-        state.admit()
+        requests: list = []
+        admitted = 0
         try:
+            for i in range(text.n):  # each choice its own sequence, seeded seed, seed+1, …
+                state.admit()
+                admitted += 1
+                params = text.params if text.params.seed is None else replace(text.params, seed=text.params.seed + i)
+                try:
+                    requests.append(state.scheduler.submit(text.prompt, params))
+                except ContextOverflow as err:
+                    raise ApiError(400, str(err), param="prompt", code="context_length_exceeded") from None
+                except EdgedsError as err:
+                    param = err.key if isinstance(err, RequestError) else \
+                        "grammar" if str(err).startswith("the grammar") else "prompt"
+                    raise ApiError(400, str(err), param=param) from None
+            watch = state.hangups.watch(self.connection, lambda: [r.cancel() for r in requests])
             try:
-                request = state.scheduler.submit(text.prompt, text.params)
-            except ContextOverflow as err:
-                raise ApiError(400, str(err), param="prompt", code="context_length_exceeded") from None
-            except EdgedsError as err:
-                raise ApiError(400, str(err), param="grammar" if str(err).startswith("the grammar") else "prompt"
-                               ) from None
-            watch = state.hangups.watch(self.connection, request.cancel)
-            try:
-                reply = TextReply(state.model_id)
+                reply = TextReply(state.model_id, text.prompt, text.params.logprobs, text.n)
                 if text.stream:
-                    self._stream_text(request, reply, text.include_usage)
+                    self._stream_text(requests, reply, text.include_usage)
                 else:
-                    completion = request.result()
-                    self._check_finished(completion.stats)
-                    self._json(200, reply.whole(completion.answer, completion.stats))
+                    replies = []
+                    for request in requests:
+                        events = list(request.events())
+                        replies.append((collect(events), events))
+                    for completion, _ in replies:
+                        self._check_finished(completion.stats)
+                    self._json(200, reply.whole([(c.answer, c.stats, events) for c, events in replies]))
             finally:
                 state.hangups.unwatch(watch)
-                request.cancel()
         finally:
-            state.release()
+            for request in requests:
+                request.cancel()
+            for _ in range(admitted):
+                state.release()
 
-    def _stream_text(self, request, reply: TextReply, include_usage: bool) -> None:
+    def _stream_text(self, requests: list, reply: TextReply, include_usage: bool) -> None:
         self._start_events()
-        for event in request.events():
-            if isinstance(event, Answer):
-                self._event(reply.chunk(event.text))
-            elif isinstance(event, Done):
-                if event.stats.finish_reason == "error":
-                    self._event(error_body(event.stats.error or "generation failed", type="server_error"))
-                else:
-                    self._event(reply.chunk("", event.stats))
-                    if include_usage:
-                        self._event(reply.usage_chunk(event.stats))
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.wfile.flush()
+        done: list[Stats] = []
+        failed = False
+        for batch in _merged(requests):  # what queued up while the last write went out: one write
+            out: list[bytes] = []
+            for index, event in batch:
+                if isinstance(event, Answer):
+                    out.append(_sse(reply.chunk(event.text, index=index, events=[event])))
+                elif isinstance(event, Done):
+                    done.append(event.stats)
+                    if event.stats.finish_reason == "error":
+                        failed = True
+                        out.append(_sse(error_body(event.stats.error or "generation failed", type="server_error")))
+                    else:
+                        out.append(_sse(reply.chunk("", event.stats, index=index)))
+            self._write(out)
+        tail = [_sse(reply.usage_chunk(*done))] if include_usage and not failed else []
+        self._write(tail + [b"data: [DONE]\n\n"])
 
     @staticmethod
     def _check_finished(stats) -> None:
@@ -541,12 +558,7 @@ class _Handler(BaseHTTPRequestHandler):
             head, tail = frames[key]
             return head + json.dumps(event.text, ensure_ascii=False).encode("utf-8") + tail
 
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self._start_events()
         self._write([_sse(chunk(index, {"role": "assistant", "content": ""})) for index in range(len(requests))])
         done: list[Stats] = []
         failed = False
@@ -575,9 +587,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(out)
         tail = [_sse({**chunk(0, {}), "choices": [], "usage": total_usage(done)})] if include_usage and not failed else []
         self._write(tail + [b"data: [DONE]\n\n"])
-
-    def _event(self, data: dict) -> None:
-        self._write([_sse(data)])
 
     def _write(self, frames: list[bytes]) -> None:
         if frames:

@@ -95,3 +95,47 @@ def test_run_targets_an_endpoint(backends, capsys):
     assert events[-1]["type"] == "done" and events[-1]["stats"]["finish_reason"] in ("stop", "length")
     answer = "".join(e["text"] for e in events if e["type"] == "answer")
     assert answer == collect(backends["engine"].generate(HELLO, GREEDY)).answer
+
+
+def test_remote_forwards_response_format_as_given(backends, monkeypatch):
+    """A row's response_format reaches the server as OpenAI's field (vLLM and others take no
+    GBNF `grammar`), and the server's own compilation of it constrains the reply."""
+    import json
+
+    from edgeds.runtime.request import sampling_params
+
+    schema = {"type": "object", "properties": {"sea": {"type": "string", "maxLength": 12}}, "required": ["sea"]}
+    given = {"type": "json_schema", "json_schema": {"name": "greeting", "strict": True, "schema": schema}}
+    params = sampling_params({"response_format": given, "max_tokens": 40, "temperature": 0})
+    assert params.grammar and json.loads(params.response_format) == given
+    remote = backends["remote"]
+    sent = []
+    real_open = type(remote)._open
+    monkeypatch.setattr(type(remote), "_open", lambda self, path, body=None: (sent.append(body), real_open(self, path, body))[1])
+    reply = collect(remote.generate(HELLO, params))
+    assert sent[-1]["response_format"] == given and "grammar" not in sent[-1]
+    assert reply.stats.finish_reason == "stop" and set(json.loads(reply.answer)) == {"sea"}
+    assert reply.answer == collect(backends["scheduler"].generate(HELLO, params)).answer
+    plain = sampling_params({"grammar": 'root ::= "sea"', "max_tokens": 4, "temperature": 0})
+    assert plain.response_format is None
+    assert collect(remote.generate(HELLO, plain)).answer == "sea" and sent[-1]["grammar"] == 'root ::= "sea"'
+
+
+def test_run_sends_its_json_schema_as_response_format(backends, capsys, monkeypatch, tmp_path):
+    import json
+
+    from edgeds.cli import main
+
+    schema = {"type": "object", "properties": {"sea": {"type": "string", "maxLength": 12}}, "required": ["sea"]}
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    sent = []
+    real_open = RemoteBackend._open
+    monkeypatch.setattr(RemoteBackend, "_open", lambda self, p, body=None: (sent.append(body), real_open(self, p, body))[1])
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "any", "Say hello to the sea.", "--endpoint", backends["url"], "--json", "--temperature", "0",
+              "--max-tokens", "40", "--json-schema", str(path)])
+    assert exit_.value.code in (0, None)
+    assert sent[-1]["response_format"] == {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert set(json.loads("".join(e["text"] for e in events if e["type"] == "answer"))) == {"sea"}

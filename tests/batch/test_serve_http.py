@@ -173,7 +173,10 @@ def test_completions_stream_the_same_text(client):
 
 @pytest.mark.parametrize("extra, param", [
     ({"echo": True}, "echo"), ({"suffix": "end"}, "suffix"), ({"best_of": 2}, "best_of"),
-    ({"logprobs": 1}, "logprobs"), ({"n": 2}, "n"), ({"extra_body": {"promt": "typo"}}, "promt"),
+    ({"logprobs": 6}, "logprobs"), ({"logprobs": True}, "logprobs"), ({"n": 3}, "n"), ({"n": 0}, "n"),
+    ({"extra_body": {"top_logprobs": 2}}, "top_logprobs"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"logit_bias": {"x": 1}}, "logit_bias"), ({"logit_bias": {"99999999": 1}}, "logit_bias"),
+    ({"presence_penalty": 3}, "presence_penalty"), ({"extra_body": {"promt": "typo"}}, "promt"),
     ({"extra_body": {"grammar": "root ::= nothing"}}, "grammar"), ({"temperature": 5}, "temperature"),
     ({"prompt": ["a", "b"]}, "prompt"), ({"prompt": [1, 2, 3]}, "prompt"),
     ({"stream_options": {"include_usage": "yes"}}, "stream_options"),
@@ -188,6 +191,68 @@ def test_off_values_of_unsupported_fields_are_fine(client):
     reply = client.completions.create(model="x", prompt=PROMPT, max_tokens=2, echo=False, best_of=1, n=1,
                                       presence_penalty=0.0, user="someone")
     assert reply.usage.completion_tokens == 2
+
+
+def test_completions_stop_across_tokens(client):
+    """A stop string that begins inside one token and ends in another ends the text before it."""
+    whole = client.completions.create(model="x", prompt=PROMPT, max_tokens=8, logprobs=0, **GREEDY).choices[0]
+    tokens = whole.logprobs.tokens
+    assert "".join(tokens) == whole.text and len(tokens) >= 4
+    start = len(tokens[0]) + len(tokens[1]) - 1  # the last character of token 2 and the first of token 3
+    stop = whole.text[start:start + 2]
+    assert len(stop) == 2 and whole.text.find(stop) == start
+    for stream in (False, True):
+        reply = client.completions.create(model="x", prompt=PROMPT, max_tokens=8, stop=[stop, "never@@"],
+                                          stream=stream, **GREEDY)
+        choices = [c.choices[0] for c in reply] if stream else reply.choices
+        assert "".join(c.text for c in choices) == whole.text[:start]
+        assert choices[-1].finish_reason == "stop"
+
+
+def test_completions_n_choices_are_seeded_sequences(client):
+    sampled = {"temperature": 1.0, "seed": 7, "max_tokens": 6}
+    both = client.completions.create(model="x", prompt=PROMPT, n=2, **sampled)
+    assert [c.index for c in both.choices] == [0, 1]
+    for index, seed in enumerate((7, 8)):
+        one = client.completions.create(model="x", prompt=PROMPT, **{**sampled, "seed": seed})
+        assert both.choices[index].text == one.choices[0].text
+    assert both.usage.completion_tokens == 12
+    streamed = list(client.completions.create(model="x", prompt=PROMPT, n=2, stream=True, **sampled))
+    for index in (0, 1):
+        text = "".join(c.choices[0].text for c in streamed if c.choices and c.choices[0].index == index)
+        assert text == both.choices[index].text
+
+
+def test_completions_logprobs_legacy_shape(client):
+    """logprobs=1 at temperature 0: each token's one alternative is the token itself, with its
+    logprob; the offsets count from the prompt's start; streamed chunks carry the same."""
+    reply = client.completions.create(model="x", prompt=PROMPT, max_tokens=6, logprobs=1, **GREEDY)
+    choice = reply.choices[0]
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == choice.text and len(lp.tokens) == 6
+    assert all(value < 0 for value in lp.token_logprobs)
+    assert lp.top_logprobs == [{token: value} for token, value in zip(lp.tokens, lp.token_logprobs)]
+    offsets = [len(PROMPT) + len("".join(lp.tokens[:i])) for i in range(6)]
+    assert lp.text_offset == offsets
+    chunks = [c.choices[0] for c in client.completions.create(model="x", prompt=PROMPT, max_tokens=6, logprobs=1,
+                                                              stream=True, **GREEDY)]
+    assert [t for c in chunks if c.logprobs for t in c.logprobs.tokens] == lp.tokens
+    assert [o for c in chunks if c.logprobs for o in c.logprobs.text_offset] == offsets
+    assert client.completions.create(model="x", prompt=PROMPT, max_tokens=2, **GREEDY).choices[0].logprobs is None
+
+
+def test_completions_logit_bias_and_penalties_change_the_text(client, scheduler):
+    plain = client.completions.create(model="x", prompt=PROMPT, max_tokens=6, logprobs=0, **GREEDY).choices[0]
+    first = scheduler.engine.model.tokenize(plain.logprobs.tokens[0], add_special=False, parse_special=False)
+    assert len(first) == 1
+    banned = client.completions.create(model="x", prompt=PROMPT, max_tokens=6, logit_bias={str(first[0]): -100},
+                                       **GREEDY).choices[0]
+    assert banned.text and not banned.text.startswith(plain.logprobs.tokens[0])
+    penalised = client.completions.create(model="x", prompt=PROMPT, max_tokens=16, frequency_penalty=2.0,
+                                          presence_penalty=2.0, **GREEDY).choices[0]
+    assert penalised.text.startswith(plain.logprobs.tokens[0])  # nothing to penalise before the first token
+    longer = client.completions.create(model="x", prompt=PROMPT, max_tokens=16, **GREEDY).choices[0]
+    assert penalised.text != longer.text
 
 
 def test_a_prompt_over_the_context_is_a_400(client):
