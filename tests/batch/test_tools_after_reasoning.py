@@ -1,0 +1,94 @@
+"""Tool calling on the R1 path with the think prefix ON: the model reasons first, the reasoning
+budget closes the think block, and only then does the call grammar of tool_choice join (the
+grammar constrains the answer, not the reasoning). Also `n` > 1 with tools: each choice parses
+its own call block."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from edgeds.runtime import Engine
+from edgeds.runtime.scheduler import Scheduler
+from edgeds.serving.server import Server
+from tests.batch.test_tool_calls import ASK, CLOCK, WEATHER, check_call, named
+
+
+@pytest.fixture(scope="module")
+def thinking_server(tiny_r1_gguf):
+    """The tiny R1 model as shipped: its generation prompt opens a think block."""
+    with Engine(tiny_r1_gguf, n_ctx=256) as engine:
+        with Scheduler(engine, parallel=3, seq_ctx=2048) as scheduler:
+            server = Server(scheduler, port=0)
+            server.start()
+            yield server
+            server.shutdown()
+
+
+@pytest.fixture
+def client(thinking_server):
+    return openai.OpenAI(base_url=thinking_server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+
+REQUEST = dict(model="any", messages=ASK, tools=[WEATHER, CLOCK], parallel_tool_calls=False,
+               max_tokens=200, extra_body={"reasoning_budget": 4})
+
+
+@pytest.mark.parametrize("choice", ["required", named("get_time")])
+def test_a_forced_call_after_a_spent_reasoning_budget(client, choice):
+    reply = client.chat.completions.create(tool_choice=choice, seed=11, **REQUEST)
+    first = reply.choices[0]
+    assert first.finish_reason == "tool_calls", first
+    assert first.message.content is None
+    [call] = first.message.tool_calls
+    if isinstance(choice, dict):
+        assert call.function.name == "get_time"
+    check_call(call.function.name, call.function.arguments)
+    assert reply.usage.completion_tokens > 4  # the reasoning came first: it is no bare call block
+    reasoning = first.message.model_extra.get("reasoning_content")
+    assert reasoning and "<｜tool" not in reasoning
+
+
+def test_the_streamed_call_after_reasoning_matches_the_whole_reply(client):
+    whole = client.chat.completions.create(tool_choice="required", seed=12, **REQUEST).choices[0]
+    [expected] = whole.message.tool_calls
+    name, fragments, finish, content = None, [], None, ""
+    for chunk in client.chat.completions.create(tool_choice="required", seed=12, stream=True, **REQUEST):
+        choice = chunk.choices[0]
+        finish = choice.finish_reason or finish
+        content += choice.delta.content or ""
+        for delta in choice.delta.tool_calls or ():
+            name = delta.function.name or name
+            fragments.append(delta.function.arguments or "")
+    assert not content
+    assert finish == "tool_calls"
+    assert name == expected.function.name
+    assert "".join(fragments) == expected.function.arguments
+
+
+@pytest.mark.slow
+def test_each_of_n_choices_parses_its_own_call(client):
+    reply = client.chat.completions.create(tool_choice="required", n=3, seed=13, temperature=1.0, **REQUEST)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    ids = set()
+    for choice in reply.choices:
+        assert choice.finish_reason == "tool_calls", choice
+        [call] = choice.message.tool_calls
+        check_call(call.function.name, call.function.arguments)
+        ids.add(call.id)
+    assert len(ids) == 3  # every call has its own id
+
+    streamed: dict[int, dict] = {}
+    finishes: dict[int, str] = {}
+    for chunk in client.chat.completions.create(tool_choice="required", n=2, seed=14, temperature=1.0,
+                                                stream=True, **REQUEST):
+        for choice in chunk.choices:
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+            for delta in choice.delta.tool_calls or ():
+                call = streamed.setdefault(choice.index, {"name": None, "arguments": ""})
+                call["name"] = delta.function.name or call["name"]
+                call["arguments"] += delta.function.arguments or ""
+    assert finishes == {0: "tool_calls", 1: "tool_calls"}
+    for call in streamed.values():
+        check_call(call["name"], call["arguments"])
