@@ -4,6 +4,7 @@ replies, whole and streamed, from several requests in flight at once, are the sa
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -43,3 +44,39 @@ def test_serve_with_a_draft_process_answers_like_without(smollm2_path, smol_requ
         with serving(smollm2_path, log, *OPTIONS, "--draft", draft) as (_, url):
             assert f"drafts: {smol_requant.name if draft != 'ngram' else 'ngram'}" in log.read_text()
             assert replies(url) == want, draft
+
+
+@pytest.mark.slow
+def test_tiny_r1_serve_process_and_batch_with_a_draft(tiny_r1_gguf, tmp_path, capsys):
+    """The R1 path (think prefix, reasoning split) with the model as its own draft: the served
+    replies (content and reasoning_content) and the batch rows (`--parallel 4`) are the same."""
+    from tests.cli_helpers import cli
+
+    prompts = ["Hi", "Count from 1 to 12.", "Say hello.", "Name three colours.", "What is 7 times 8?"]
+    greedy = ["--temperature", "0", "--max-tokens", "24", "--threads", "1", "--repeat-penalty", "1.0"]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(prompts)))
+    rows = []
+    for extra in ([], ["--draft", str(tiny_r1_gguf)]):
+        out = tmp_path / f"out{len(rows)}.jsonl"
+        code, _, err = cli(["batch", src, "-o", out, "--model", tiny_r1_gguf, "--parallel", "4", "--n-ctx", "512",
+                            *greedy, *extra], capsys)
+        assert code == 0, err
+        rows.append([(r["id"], r["reasoning"], r["answer"], r["usage"]["reasoning_tokens"])
+                     for r in map(json.loads, out.read_text().splitlines())])
+    assert rows[1] == rows[0] and any(reasoning for _, reasoning, _, _ in rows[0])
+
+    def ask(url: str) -> list[tuple]:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
+        with ThreadPoolExecutor(3) as pool:
+            replies = pool.map(lambda p: client.chat.completions.create(
+                model="any", messages=[{"role": "user", "content": p}], max_tokens=24, temperature=0,
+                extra_body={"repeat_penalty": 1.0}).choices[0], prompts[:3])
+            return [(c.message.content, c.message.model_extra.get("reasoning_content"), c.finish_reason)
+                    for c in replies]
+
+    with serving(tiny_r1_gguf, tmp_path / "plain.log", *OPTIONS) as (_, url):
+        want = ask(url)
+    with serving(tiny_r1_gguf, tmp_path / "draft.log", *OPTIONS, "--draft", str(tiny_r1_gguf)) as (_, url):
+        assert ask(url) == want
+    assert any(reasoning for _, reasoning, _ in want)
