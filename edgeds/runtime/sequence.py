@@ -110,6 +110,7 @@ class TokenSequence:
         self._constrained = constrained
         self._sampler = self._plain or constrained  # the grammar waits for the think block to close
         self._forced: list[int] = []
+        self._drew_forced = False  # the last drawn token was one of the forced ones
         # a grammar that applies from the first token shapes the think block itself: forcing
         # tokens past it would break it (llama.cpp aborts on a token its grammar refuses)
         self._budget_spent = params.reasoning_budget is None or self._sampler is constrained
@@ -137,6 +138,7 @@ class TokenSequence:
                 and self.phases.reasoning_tokens >= self.params.reasoning_budget:
             self._budget_spent = True
             self._forced = self.model.tokenize(CLOSE_THINK, add_special=False, parse_special=True)
+        self._drew_forced = bool(self._forced)
         if self._forced:
             token = self._forced.pop(0)
             self._sampler.accept(token)  # penalties see it; a grammar is not yet in this chain
@@ -150,8 +152,10 @@ class TokenSequence:
         """The text events of a drawn token (not an end-of-generation one)."""
         thinking = self.phases.stopped_thinking
         events = self.phases.push(token)
-        if self._last is not None:  # a token that closes the think block is reasoning
-            kind = Reasoning if thinking or self.phases.stopped_thinking else Answer
+        if self._last is not None:  # a token that closes the think block is reasoning, and so are
+            # all the tokens the engine appended to close it (the "\n\n" after </think> too): the
+            # answer's logprobs are the model's own draws
+            kind = Reasoning if thinking or self.phases.stopped_thinking or self._drew_forced else Answer
             self._pending[kind].append(self._last)
             self._last = None
         if self._sampler is not self._constrained and self._constrained is not None and not self._forced \
