@@ -92,3 +92,33 @@ def test_each_of_n_choices_parses_its_own_call(client):
     assert finishes == {0: "tool_calls", 1: "tool_calls"}
     for call in streamed.values():
         check_call(call["name"], call["arguments"])
+
+
+@pytest.mark.slow
+def test_a_draft_gives_the_same_calls(tiny_r1_gguf, client):
+    """Speculative decoding on the same path: drafting waits for the call grammar to take hold
+    after the think block, and the calls (whole and streamed) are the same as without a draft."""
+    from edgeds.loader import open_scheduler
+
+    asks = [dict(tool_choice="required", seed=21, **REQUEST),
+            dict(tool_choice=named("get_weather"), seed=22, temperature=0, **REQUEST)]
+    want = [client.chat.completions.create(**ask).choices[0] for ask in asks]
+    scheduler = open_scheduler(tiny_r1_gguf, parallel=2, seq_ctx=2048, draft=str(tiny_r1_gguf))
+    server = Server(scheduler, port=0)
+    server.start()
+    try:
+        fast = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+        for ask, expected in zip(asks, want):
+            got = fast.chat.completions.create(**ask).choices[0]
+            assert got.finish_reason == expected.finish_reason == "tool_calls"
+            assert [(c.function.name, c.function.arguments) for c in got.message.tool_calls] == \
+                [(c.function.name, c.function.arguments) for c in expected.message.tool_calls]
+            assert got.message.model_extra["reasoning_content"] == expected.message.model_extra["reasoning_content"]
+            arguments = "".join(d.function.arguments or "" for chunk in fast.chat.completions.create(stream=True, **ask)
+                                for d in chunk.choices[0].delta.tool_calls or ())
+            assert arguments == expected.message.tool_calls[0].function.arguments
+        assert scheduler.speculation.drafted > 0
+    finally:
+        server.shutdown()
+        scheduler.close()
+        scheduler.engine.close()
