@@ -86,3 +86,29 @@ def test_stop_strings_with_ngram_drafts_cut_at_the_same_place(smol, smol_ngram, 
     assert stop not in spec.answer
     assert spec.stats.answer_tokens == plain.stats.answer_tokens  # tokens accepted past the stop are not counted
     assert spec.stats.draft_tokens > 0
+
+
+@pytest.mark.slow
+def test_the_scheduler_with_ngram_drafts_keeps_schemas_and_stops(smollm2_path, smol):
+    """The same on the Scheduler's path (two requests decoded together, drafted per slot)."""
+    from edgeds.loader import open_scheduler
+
+    prompts = [PROMPT, "Count from 1 to 12."]
+    _, whole = tokens_of(smol, prompts[1], GenerationParams(max_tokens=40, temperature=0))
+    requests = [GenerationParams(max_tokens=48, temperature=0, grammar=schema_grammar(SCHEMA)),
+                GenerationParams(max_tokens=40, temperature=0, stop=(_stop_in(whole.answer),))]
+    results = []
+    for draft in (None, "ngram"):
+        scheduler = open_scheduler(smollm2_path, parallel=2, seq_ctx=512, n_threads=THREADS, draft=draft)
+        try:
+            futures = [scheduler.submit([{"role": "user", "content": p}], params) for p, params in zip(prompts, requests)]
+            results.append([f.result(300) for f in futures])
+        finally:
+            scheduler.close()
+            scheduler.engine.close()
+    for plain, spec in zip(*results):
+        assert (spec.answer, spec.stats.finish_reason, spec.stats.answer_tokens) == \
+            (plain.answer, plain.stats.finish_reason, plain.stats.answer_tokens)
+        assert plain.stats.finish_reason == "stop"
+    jsonschema.validate(json.loads(results[1][0].answer), SCHEMA)
+    assert sum(r.stats.draft_tokens for r in results[1]) > 0
