@@ -552,7 +552,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self._event(chunk(index, answer_delta(piece)))
             elif isinstance(event, Done):
                 for piece in calls.finish() if calls else ():
-                    self._event(chunk(answer_delta(piece)))
+                    self._event(chunk(index, answer_delta(piece)))
                 stats = event.stats
                 done.append(stats)
                 if stats.finish_reason == "error":

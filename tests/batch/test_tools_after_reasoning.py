@@ -122,3 +122,28 @@ def test_a_draft_gives_the_same_calls(tiny_r1_gguf, client):
         server.shutdown()
         scheduler.close()
         scheduler.engine.close()
+
+
+def _streamed(client, **request) -> tuple[str | None, str, list[tuple]]:
+    """(finish_reason, content, [(name, arguments)]) put together from a stream."""
+    finish, content, calls = None, "", {}
+    for chunk in client.chat.completions.create(stream=True, **request):
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            content += choice.delta.content or ""
+            for delta in choice.delta.tool_calls or ():
+                name, arguments = calls.get(delta.index, (None, ""))
+                calls[delta.index] = (delta.function.name or name, arguments + (delta.function.arguments or ""))
+    return finish, content, [calls[i] for i in sorted(calls)]
+
+
+@pytest.mark.parametrize("max_tokens", [6, 9, 14, 24])
+def test_a_call_cut_off_by_max_tokens_streams_like_the_whole_reply(client, max_tokens):
+    """The budget 0 closes the think block at once; max_tokens then cuts the call block in one of
+    its parts. The stream ends cleanly with what the whole reply has."""
+    request = dict(REQUEST, max_tokens=max_tokens, extra_body={"reasoning_budget": 0})
+    whole = client.chat.completions.create(tool_choice="required", seed=31, **request).choices[0]
+    assert whole.finish_reason == "length"
+    calls = [(c.function.name, c.function.arguments) for c in whole.message.tool_calls or ()]
+    assert _streamed(client, tool_choice="required", seed=31, **request) == \
+        (whole.finish_reason, whole.message.content or "", calls)
