@@ -1,6 +1,7 @@
 """`edgeds serve --draft …` as a real process, asked through the official openai client: greedy
 replies, whole and streamed, from several requests in flight at once, are the same as those of
-`edgeds serve` without a draft (a requantized SmolLM2 as draft model, and prompt lookup)."""
+`edgeds serve` without a draft (a requantized SmolLM2 as draft model, and prompt lookup), and so
+are seeded sampled choices (`n` 2)."""
 
 from __future__ import annotations
 
@@ -31,14 +32,20 @@ def replies(url: str) -> list[tuple]:
         return choice.message.content, choice.finish_reason, usage.completion_tokens, streamed
 
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        return list(pool.map(ask, PROMPTS))
+        greedy = list(pool.map(ask, PROMPTS))
+    # seeded sampling too: each verified position is drawn through the request's own sampler
+    # chain, one draw per token, so the same seed gives the same choices
+    sampled = client.chat.completions.create(messages=[{"role": "user", "content": PROMPTS[0]}], n=2, seed=5,
+                                             temperature=0.8, max_tokens=24, model="any")
+    return greedy + [tuple(c.message.content for c in sampled.choices)]
 
 
 @pytest.mark.slow
 def test_serve_with_a_draft_process_answers_like_without(smollm2_path, smol_requant, tmp_path):  # noqa: F811
     with serving(smollm2_path, tmp_path / "plain.log", *OPTIONS) as (_, url):
         want = replies(url)
-    assert all(content and content == streamed for content, _, _, streamed in want)
+    assert all(content and content == streamed for content, _, _, streamed in want[:-1])
+    assert want[-1][0] != want[-1][1]  # the two choices were sampled apart
     for draft in (str(smol_requant), "ngram"):
         log = tmp_path / "draft.log"
         with serving(smollm2_path, log, *OPTIONS, "--draft", draft) as (_, url):
