@@ -147,3 +147,25 @@ def test_a_call_cut_off_by_max_tokens_streams_like_the_whole_reply(client, max_t
     calls = [(c.function.name, c.function.arguments) for c in whole.message.tool_calls or ()]
     assert _streamed(client, tool_choice="required", seed=31, **request) == \
         (whole.finish_reason, whole.message.content or "", calls)
+
+
+def test_a_stop_string_ends_a_reply_held_back_by_the_phase_split(tiny_r1_gguf):
+    """Under R1's template without the think prefix the text is held back until `</think>` or
+    the end shows what it is; a stop string in it still ends the generation there, with
+    finish_reason stop and the tokens up to it (not on to max_tokens)."""
+    from edgeds.events import collect
+    from edgeds.runtime import GenerationParams
+    from edgeds.runtime.tool_grammar import call_grammar
+
+    grammar = call_grammar([(0, WEATHER)], parallel=False)
+    with Engine(tiny_r1_gguf, n_ctx=512, think_prefix=False) as engine:
+        whole = collect(engine.generate(ASK, GenerationParams(max_tokens=200, seed=3, grammar=grammar)))
+        cut = collect(engine.generate(ASK, GenerationParams(max_tokens=200, seed=3, grammar=grammar, stop=("```",))))
+        with Scheduler(engine, parallel=1, seq_ctx=512) as scheduler:
+            scheduled = scheduler.submit(ASK, GenerationParams(max_tokens=200, seed=3, grammar=grammar,
+                                                               stop=("```",))).result(120)
+    assert whole.stats.finish_reason == "stop" and "```" in whole.answer
+    for reply in (cut, scheduled):
+        assert reply.answer.strip() == whole.answer[:whole.answer.index("```")].strip()
+        assert reply.stats.finish_reason == "stop"
+        assert reply.stats.answer_tokens < whole.stats.answer_tokens
