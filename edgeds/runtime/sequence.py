@@ -13,7 +13,7 @@ request asks of each token besides its text:
 - `stop` strings end the generation; they match in the ANSWER only (an R1 model's reasoning
   does not stop it), across token boundaries (text that could begin a stop string is held
   back until the next tokens show it does not), and are never shown; text the phase split holds
-  back as undecided (a reasoning template without the think prefix) ends the generation too;
+  back as undecided (a reasoning template without the think prefix) is watched for them too;
 - `logprobs`: each token's log-softmax over the raw logits of the row it was drawn from
   (the model's distribution before penalties, bias, grammar and temperature, as OpenAI
   reports it), attached to the text event that shows the token. At temperature 0 without

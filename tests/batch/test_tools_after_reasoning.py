@@ -169,3 +169,28 @@ def test_a_stop_string_ends_a_reply_held_back_by_the_phase_split(tiny_r1_gguf):
         assert reply.answer.strip() == whole.answer[:whole.answer.index("```")].strip()
         assert reply.stats.finish_reason == "stop"
         assert reply.stats.answer_tokens < whole.stats.answer_tokens
+
+
+def test_a_call_cut_by_a_stop_string_does_not_finish_as_a_call(client):
+    """A stop string inside the forced call block cuts the call: it is kept as written, but the
+    finish_reason is `stop`, not `tool_calls` (its arguments are not a whole call), whole and streamed."""
+    request = dict(tool_choice=named("get_weather"), seed=41, stop=['"city"'], **REQUEST)
+    whole = client.chat.completions.create(**request).choices[0]
+    assert whole.finish_reason == "stop"
+    [call] = whole.message.tool_calls
+    assert call.function.name == "get_weather" and '"city"' not in call.function.arguments
+    assert _streamed(client, **request) == ("stop", "", [(call.function.name, call.function.arguments)])
+
+
+def test_only_calls_whose_arguments_ended_are_complete():
+    from edgeds.runtime.tool_parser import CALL_BEGIN, CALL_END, CALLS_BEGIN, CALLS_END, SEP, finished_calls, \
+        parse_tool_calls
+
+    call = f'{CALL_BEGIN}function{SEP}get_time\n```json\n{{"zone": "CET"}}\n```{CALL_END}'
+    whole = f"{CALLS_BEGIN}{call}\n{call}{CALLS_END}"
+    _, calls = parse_tool_calls(whole)
+    assert [c.complete for c in calls] == [True, True] and finished_calls(calls)
+    for cut in (whole[:whole.rindex('"CET"')], whole[:whole.index('"zone"')]):
+        _, calls = parse_tool_calls(cut)
+        assert calls and not calls[-1].complete and not finished_calls(calls)
+    assert not finished_calls([])
