@@ -12,7 +12,8 @@ request asks of each token besides its text:
   model goes on with the answer; 0 closes the block at once;
 - `stop` strings end the generation; they match in the ANSWER only (an R1 model's reasoning
   does not stop it), across token boundaries (text that could begin a stop string is held
-  back until the next tokens show it does not), and are never shown;
+  back until the next tokens show it does not), and are never shown; text the phase split holds
+  back as undecided (a reasoning template without the think prefix) is watched for them too;
 - `logprobs`: each token's log-softmax over the raw logits of the row it was drawn from
   (the model's distribution before penalties, bias, grammar and temperature, as OpenAI
   reports it), attached to the text event that shows the token. At temperature 0 without
@@ -110,10 +111,18 @@ class TokenSequence:
         self._constrained = constrained
         self._sampler = self._plain or constrained  # the grammar waits for the think block to close
         self._forced: list[int] = []
+        self._drew_forced = False  # the last drawn token was one of the forced ones
         # a grammar that applies from the first token shapes the think block itself: forcing
         # tokens past it would break it (llama.cpp aborts on a token its grammar refuses)
         self._budget_spent = params.reasoning_budget is None or self._sampler is constrained
         self._stops = StopMatcher(params.stop) if params.stop else None
+        # Under a reasoning template without the think prefix the phase split holds the text back
+        # until a `</think>` or the end shows whether it was reasoning or the answer, so the stop
+        # matcher sees none of it: the tail of that undecided text is watched here instead. A stop
+        # string in it ends the generation there, and the end makes the held text the answer.
+        self._undecided: bytes | None = b"" if self._stops and not opens_think else None
+        self._stop_window = 4 * max(map(len, params.stop or ("",))) + 16  # bytes: enough for any stop
+        self._held_stop = False
         self._top_n = (params.top_logprobs or 0) if params.logprobs else -1  # -1: no logprobs
         self._pending: dict[type, list[TokenLogprob]] = {Reasoning: [], Answer: []}
         self._last: TokenLogprob | None = None
@@ -121,7 +130,7 @@ class TokenSequence:
     @property
     def stopped(self) -> bool:
         """A stop string matched: the generation ends here, with finish_reason stop."""
-        return bool(self._stops and self._stops.stopped)
+        return bool(self._stops and (self._stops.stopped or self._held_stop))
 
     @property
     def steady(self) -> bool:
@@ -137,6 +146,7 @@ class TokenSequence:
                 and self.phases.reasoning_tokens >= self.params.reasoning_budget:
             self._budget_spent = True
             self._forced = self.model.tokenize(CLOSE_THINK, add_special=False, parse_special=True)
+        self._drew_forced = bool(self._forced)
         if self._forced:
             token = self._forced.pop(0)
             self._sampler.accept(token)  # penalties see it; a grammar is not yet in this chain
@@ -150,14 +160,26 @@ class TokenSequence:
         """The text events of a drawn token (not an end-of-generation one)."""
         thinking = self.phases.stopped_thinking
         events = self.phases.push(token)
-        if self._last is not None:  # a token that closes the think block is reasoning
-            kind = Reasoning if thinking or self.phases.stopped_thinking else Answer
+        if self._undecided is not None:
+            self._watch_held_text(token, events)
+        if self._last is not None:  # a token that closes the think block is reasoning, and so are
+            # all the tokens the engine appended to close it (the "\n\n" after </think> too): the
+            # answer's logprobs are the model's own draws
+            kind = Reasoning if thinking or self.phases.stopped_thinking or self._drew_forced else Answer
             self._pending[kind].append(self._last)
             self._last = None
         if self._sampler is not self._constrained and self._constrained is not None and not self._forced \
                 and not self.phases.stopped_thinking:
             self._sampler = self._constrained  # the answer starts: the grammar joins
         return self._attach(self._cut(events))
+
+    def _watch_held_text(self, token: int, events: list[Event]) -> None:
+        if events or self.phases.stopped_thinking:  # the split has decided: the stop matcher takes over
+            self._undecided = None
+            return
+        self._undecided = (self._undecided + self.model.token_piece(token, special=True))[-self._stop_window:]
+        tail = self._undecided.decode("utf-8", errors="ignore")
+        self._held_stop = any(stop in tail for stop in self.params.stop)
 
     def finish(self) -> list[Event]:
         """The held-back text at the end of the generation."""

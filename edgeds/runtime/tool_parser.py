@@ -66,6 +66,7 @@ class ToolCall:
     id: str
     name: str
     arguments: str
+    complete: bool = True  # its arguments' end came (not cut off by a stop string or the end)
 
 
 def _partial(text: str, markers: tuple[str, ...]) -> int:
@@ -109,11 +110,13 @@ class ToolCallParser:
         self._header_raw = ""  # the call's raw text so far, given back if its header breaks
         self._calls: list[ToolCall] = []
         self._arguments: list[str] = []
+        self._closed = 0  # calls whose arguments ended
 
     @property
     def calls(self) -> list[ToolCall]:
         """The calls parsed so far, arguments whole (read after `finish` for the last one)."""
-        return [ToolCall(c.id, c.name, "".join(a).strip()) for c, a in zip(self._calls, self._arguments)]
+        return [ToolCall(c.id, c.name, "".join(a).strip(), i < self._closed)
+                for i, (c, a) in enumerate(zip(self._calls, self._arguments))]
 
     def feed(self, text: str) -> list[Piece]:
         self._buffer += text
@@ -197,6 +200,7 @@ class ToolCallParser:
             self._add_arguments(pieces, self._buffer[:match.start()])
             self._buffer = self._buffer[match.end():]
             self._state = "calls"
+            self._closed = len(self._calls)
             return True
         keep = _partial_args_end(self._buffer)
         if keep:
@@ -218,3 +222,10 @@ def parse_tool_calls(answer: str) -> tuple[str, list[ToolCall]]:
     parser = ToolCallParser()
     pieces = parser.feed(answer) + parser.finish()
     return "".join(p.text for p in pieces if isinstance(p, Text)), parser.calls
+
+
+def finished_calls(calls: list[ToolCall]) -> bool:
+    """The reply made calls and each one's arguments ended: finish_reason `tool_calls`. A call
+    cut off (by max_tokens, a stop string or the end of the generation) is kept as written,
+    but the reply did not finish by calling."""
+    return bool(calls) and all(call.complete for call in calls)

@@ -58,7 +58,7 @@ from edgeds.events import Answer, Done, Event, Reasoning, Stats, collect
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.request import RequestError, check_messages, sampling_params
 from edgeds.runtime.scheduler import Scheduler
-from edgeds.runtime.tool_parser import ToolCallParser, parse_tool_calls
+from edgeds.runtime.tool_parser import ToolCallParser, finished_calls, parse_tool_calls
 from edgeds.runtime.tools import ToolPlan, ToolRequest, check_tool_request, plan_tools
 from edgeds.serving.completions import BadBody, TextReply, parse_completion
 from edgeds.serving.cors import CorsPolicy
@@ -529,7 +529,7 @@ class _Handler(BaseHTTPRequestHandler):
                        "reasoning_content": completion.reasoning or None,
                        **({"tool_calls": [tool_call(c) for c in calls]} if calls else {})}
             out.append({"index": index, "message": message,
-                        "finish_reason": finish_reason(completion.stats, bool(calls)),
+                        "finish_reason": finish_reason(completion.stats, finished_calls(calls)),
                         "logprobs": logprobs_of(events) if logprobs else None, **thinking_flag(completion.stats)})
         self._json(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
@@ -581,7 +581,7 @@ class _Handler(BaseHTTPRequestHandler):
                         failed = True
                         out.append(_sse(error_body(stats.error or "generation failed", type="server_error")))
                     else:
-                        final = chunk(index, {}, finish_reason(stats, bool(calls and calls.calls)))
+                        final = chunk(index, {}, finish_reason(stats, bool(calls) and finished_calls(calls.calls)))
                         final["choices"][0].update(thinking_flag(stats))
                         out.append(_sse(final))
             self._write(out)
