@@ -54,7 +54,7 @@ from typing import Iterator
 from urllib.parse import unquote
 
 from edgeds.errors import ContextOverflow, EdgedsError
-from edgeds.events import Answer, Done, Event, Reasoning, Stats, collect
+from edgeds.events import Answer, Completion, Done, Event, Reasoning, Stats, collect
 from edgeds.runtime.params import GenerationParams
 from edgeds.runtime.request import RequestError, check_messages, sampling_params
 from edgeds.runtime.scheduler import Scheduler
@@ -382,32 +382,15 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server_state
         chat = parse_chat(self._read_body(), state.defaults, max_n=state.scheduler.parallel)
         plan, params = apply_tools(chat.tools, chat.messages, chat.params, state.scheduler, state.model_id)
-        requests: list = []
-        admitted = 0
-        try:
-            for i in range(chat.n):  # each choice its own sequence, seeded seed, seed+1, …
-                state.admit()
-                admitted += 1
-                seeded = params if params.seed is None else replace(params, seed=params.seed + i)
-                try:
-                    requests.append(state.scheduler.submit(plan.messages, seeded, tools=plan.template_tools))
-                except ContextOverflow as err:
-                    raise ApiError(400, str(err), param="messages", code="context_length_exceeded") from None
-                except EdgedsError as err:
-                    raise ApiError(400, str(err), param=_param_of(err)) from None
-            watch = state.hangups.watch(self.connection, lambda: [r.cancel() for r in requests])
-            try:
-                if chat.stream:
-                    self._stream(requests, chat.include_usage, params.logprobs, plan.parse)
-                else:
-                    self._complete(requests, params.logprobs, plan.parse)
-            finally:
-                state.hangups.unwatch(watch)
-        finally:
-            for request in requests:
-                request.cancel()  # a no-op once it finished; frees the slot if this thread failed
-            for _ in range(admitted):
-                state.release()
+
+        def reply(requests: list) -> None:
+            if chat.stream:
+                self._stream(requests, chat.include_usage, params.logprobs, plan.parse)
+            else:
+                self._complete(requests, params.logprobs, plan.parse)
+
+        self._run_choices(chat.n, params, lambda p: state.scheduler.submit(plan.messages, p, tools=plan.template_tools),
+                          "messages", reply)
 
     def _post_text(self) -> None:
         """POST /v1/completions: a raw prompt (no chat template), its continuation as `text`."""
@@ -418,39 +401,41 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, str(err)) from None
         except RequestError as err:
             raise ApiError(400, str(err), param=err.key) from None
+        reply = TextReply(state.model_id, text.prompt, text.params.logprobs, text.n)
+
+        def answer(requests: list) -> None:
+            if text.stream:
+                self._stream_text(requests, reply, text.include_usage)
+            else:
+                self._json(200, reply.whole([(c.answer, c.stats, events) for c, events in _finished(requests)]))
+
+        self._run_choices(text.n, text.params, lambda p: state.scheduler.submit(text.prompt, p), "prompt", answer)
+
+    def _run_choices(self, n: int, params: GenerationParams, submit, prompt_param: str, reply) -> None:
+        """Submit `n` choices, each its own sequence seeded seed, seed+1, … (`submit(params)` → a
+        scheduler request), and `reply(requests)`; their slots are freed however it ends, and a
+        client that hangs up cancels them."""
+        state = self.server_state
         requests: list = []
         admitted = 0
         try:
-            for i in range(text.n):  # each choice its own sequence, seeded seed, seed+1, …
+            for i in range(n):
                 state.admit()
                 admitted += 1
-                params = text.params if text.params.seed is None else replace(text.params, seed=text.params.seed + i)
                 try:
-                    requests.append(state.scheduler.submit(text.prompt, params))
+                    requests.append(submit(params if params.seed is None else replace(params, seed=params.seed + i)))
                 except ContextOverflow as err:
-                    raise ApiError(400, str(err), param="prompt", code="context_length_exceeded") from None
+                    raise ApiError(400, str(err), param=prompt_param, code="context_length_exceeded") from None
                 except EdgedsError as err:
-                    param = err.key if isinstance(err, RequestError) else \
-                        "grammar" if str(err).startswith("the grammar") else "prompt"
-                    raise ApiError(400, str(err), param=param) from None
+                    raise ApiError(400, str(err), param=_param_of(err, prompt_param)) from None
             watch = state.hangups.watch(self.connection, lambda: [r.cancel() for r in requests])
             try:
-                reply = TextReply(state.model_id, text.prompt, text.params.logprobs, text.n)
-                if text.stream:
-                    self._stream_text(requests, reply, text.include_usage)
-                else:
-                    replies = []
-                    for request in requests:
-                        events = list(request.events())
-                        replies.append((collect(events), events))
-                    for completion, _ in replies:
-                        self._check_finished(completion.stats)
-                    self._json(200, reply.whole([(c.answer, c.stats, events) for c, events in replies]))
+                reply(requests)
             finally:
                 state.hangups.unwatch(watch)
         finally:
             for request in requests:
-                request.cancel()
+                request.cancel()  # a no-op once it finished; frees the slot if this thread failed
             for _ in range(admitted):
                 state.release()
 
@@ -473,15 +458,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(out)
         tail = [_sse(reply.usage_chunk(*done))] if include_usage and not failed else []
         self._write(tail + [b"data: [DONE]\n\n"])
-
-    @staticmethod
-    def _check_finished(stats) -> None:
-        """ApiError for a whole reply that did not come to its end."""
-        if stats.finish_reason == "error":
-            raise ApiError(500, stats.error or "generation failed", type="server_error")
-        if stats.finish_reason == "cancelled":  # the client hung up, or the server is stopping
-            raise ApiError(503, "the request was cancelled", type="server_error", code="cancelled",
-                           headers={"Retry-After": str(RETRY_AFTER_S)})
 
     def _start_events(self) -> None:
         self.send_response(200)
@@ -511,17 +487,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- replies ---------------------------------------------------------------------------
 
     def _complete(self, requests: list, logprobs: bool | None, parse_calls: bool = False) -> None:
-        replies = []
-        for request in requests:
-            events = list(request.events())
-            replies.append((collect(events), events))
-        for completion, _ in replies:
-            stats = completion.stats
-            if stats.finish_reason == "error":
-                raise ApiError(500, stats.error or "generation failed", type="server_error")
-            if stats.finish_reason == "cancelled":  # the client hung up, or the server is stopping
-                raise ApiError(503, "the request was cancelled", type="server_error", code="cancelled",
-                               headers={"Retry-After": str(RETRY_AFTER_S)})
+        replies = _finished(requests)
         out = []
         for index, (completion, events) in enumerate(replies):
             content, calls = parse_tool_calls(completion.answer) if parse_calls else (completion.answer, [])
@@ -643,8 +609,25 @@ def _merged(requests: list) -> Iterator[list[tuple[int, Event]]]:
         yield batch
 
 
-def _param_of(err: EdgedsError) -> str:
-    """The request field a refused submission is about."""
+def _param_of(err: EdgedsError, prompt_param: str = "messages") -> str:
+    """The request field a refused submission is about (`prompt_param`: where the prompt came from)."""
     if isinstance(err, RequestError):
         return err.key
-    return "grammar" if str(err).startswith("the grammar") else "messages"
+    return "grammar" if str(err).startswith("the grammar") else prompt_param
+
+
+def _finished(requests: list) -> list[tuple[Completion, list[Event]]]:
+    """Each request's Completion and events once it ended; ApiError for one that did not come to
+    its end (500 on an error, 503 when cancelled: the client hung up, or the server is stopping)."""
+    replies = []
+    for request in requests:
+        events = list(request.events())
+        replies.append((collect(events), events))
+    for completion, _ in replies:
+        stats = completion.stats
+        if stats.finish_reason == "error":
+            raise ApiError(500, stats.error or "generation failed", type="server_error")
+        if stats.finish_reason == "cancelled":
+            raise ApiError(503, "the request was cancelled", type="server_error", code="cancelled",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+    return replies
