@@ -120,11 +120,16 @@ async def test_plain_answer_with_smollm2(smol, store):
         assert app.query_one(PromptInput).text == ""
 
 
+def endless(engine: Engine) -> GenerationParams:
+    """A reply that runs until cancelled, whatever the sampled story: end-of-generation is banned."""
+    return GenerationParams(max_tokens=1900, seed=2, logit_bias=((engine.model.eos_id, -100.0),))
+
+
 @pytest.mark.slow
 async def test_esc_takes_the_exchange_away_and_gives_the_prompt_back(smol, store):
     """Found as: Esc, then Enter on the restored prompt showed the question twice, and the
     cancelled reply stayed on screen though the model never saw it again."""
-    short, long = GenerationParams(max_tokens=8, seed=2), GenerationParams(max_tokens=2000, seed=2)
+    short, long = GenerationParams(max_tokens=8, seed=2), endless(smol)
     app = ChatApp(engine=smol, params=short, store=store)
     first, prompt = "Name a colour.", "Write a very long story about a lighthouse keeper."
     async with app.run_test(size=SIZE) as pilot:
@@ -156,7 +161,7 @@ async def test_esc_takes_the_exchange_away_and_gives_the_prompt_back(smol, store
 
 @pytest.mark.slow
 async def test_esc_on_a_first_turn_leaves_no_empty_chat(smol, store):
-    app = ChatApp(engine=smol, params=GenerationParams(max_tokens=2000, seed=2), store=store)
+    app = ChatApp(engine=smol, params=endless(smol), store=store)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "Write a very long story about a baker.")
         await wait_for(pilot, lambda: app.chat.turn is not None and (app.chat.turn.answer or app.chat.turn.reasoning))
