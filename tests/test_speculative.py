@@ -16,13 +16,16 @@ from edgeds.llamacpp.binding import LoadOptions, Model, Sampler, SamplingParams
 from edgeds.loader import open_engine, open_scheduler
 from edgeds.runtime import Engine, GenerationParams
 from edgeds.runtime.scheduler import Scheduler
-from edgeds.runtime.speculative import (DraftModel, DraftState, NgramDrafter, Speculation, check_compatible,
-                                        incompatibility, verify)
+from edgeds.runtime.speculative import (DecodeCosts, DraftModel, DraftState, NgramDrafter, Speculation, best_length,
+                                        check_compatible, incompatibility, verify)
 from tests.conftest import THINK_GRAMMAR
 
 PROMPTS = ["Write a short poem about the sea.", "Count from 1 to 12.",
            "Repeat exactly: the quick brown fox jumps over the lazy dog, the quick brown fox jumps over the lazy dog."]
 GREEDY = GenerationParams(max_tokens=32, temperature=0)
+# Draft on every step: what these tests check must not hang on whether drafting pays on this
+# machine (the default length is chosen from measured costs, and may be none).
+FIXED = 4
 THREADS = 1  # llama.cpp's threads spin while they wait: on a shared, busy machine one is fastest  # the model's default repeat penalty stays on
 
 
@@ -69,7 +72,7 @@ def smol(smollm2_path):
         yield engine
 
 
-def drafted_engine(target: Path, drafter, n_ctx: int = 1024, draft_max: int | None = None) -> Engine:
+def drafted_engine(target: Path, drafter, n_ctx: int = 1024, draft_max: int | None = FIXED) -> Engine:
     engine = Engine(target, n_ctx=n_ctx, n_threads=THREADS)
     if isinstance(drafter, Path):
         model = Model(drafter)
@@ -103,10 +106,39 @@ def test_greedy_smollm2_is_token_for_token_the_same(smol, smollm2_path, smol_req
 
 def test_a_self_draft_without_penalty_is_always_accepted(smollm2_path):
     """Greedy model, greedy draft of the same weights: every draft matches (the verify rows are
-    the right ones), and the adaptive length grows past its start."""
+    the right ones)."""
     with drafted_engine(smollm2_path, smollm2_path) as fast:
         _, spec = tokens_of(fast, PROMPTS[0], GenerationParams(max_tokens=40, temperature=0, repeat_penalty=1.0))
     assert spec.stats.draft_tokens > 20 and spec.stats.accepted_tokens == spec.stats.draft_tokens
+
+
+def test_the_chosen_length_gives_up_a_draft_as_slow_as_the_model(smollm2_path, smol):
+    """With the length chosen from measured costs, a draft that costs what the model does
+    (itself) stops being used, however often it is right: drafting it can only lose."""
+    params = GenerationParams(max_tokens=120, temperature=0, repeat_penalty=1.0)
+    with drafted_engine(smollm2_path, smollm2_path, draft_max=None) as fast:
+        want, _ = tokens_of(smol, PROMPTS[0], params)
+        got, spec = tokens_of(fast, PROMPTS[0], params)
+    assert got == want
+    assert 0 < spec.stats.accepted_tokens == spec.stats.draft_tokens  # drafted while measuring, all accepted
+    assert spec.stats.draft_tokens <= 30  # then mostly plain steps, but for rare probes
+
+
+def test_the_scheduler_gives_up_a_draft_as_slow_as_the_model_too(smollm2_path):
+    params = GenerationParams(max_tokens=80, temperature=0, repeat_penalty=1.0)
+
+    def run(speculation):
+        engine = Engine(smollm2_path, n_ctx=256, n_threads=THREADS, speculation=speculation)
+        with Scheduler(engine, parallel=2, seq_ctx=512, n_threads=THREADS) as scheduler:
+            done = [r.result(300) for r in [scheduler.submit(messages(p), params) for p in PROMPTS[:2]]]
+        engine.close()
+        return done
+
+    plain = run(None)
+    draft = DraftModel(Model(smollm2_path), target_vocab=49152, seq_ctx=512, n_seq=2, n_threads=THREADS)
+    spec = run(Speculation(draft))
+    assert [c.answer for c in spec] == [c.answer for c in plain]
+    assert 0 < sum(c.stats.draft_tokens for c in spec) <= 40  # measured, then given up
 
 
 def test_a_grammar_constrains_drafted_steps_too(smollm2_path, smol):
@@ -164,7 +196,7 @@ def test_scheduler_parallel_4_is_token_for_token_the_same(smollm2_path, smol_req
     plain = run(None)
     vocab = Model(target, LoadOptions(vocab_only=True)).n_vocab
     for drafter in (DraftModel(Model(draft), target_vocab=vocab, seq_ctx=256, n_threads=THREADS), NgramDrafter()):
-        spec = run(Speculation(drafter))
+        spec = run(Speculation(drafter, FIXED))
         assert [c.answer for c in spec] == [c.answer for c in plain]
         assert [c.stats.completion_tokens for c in spec] == [c.stats.completion_tokens for c in plain]
         if isinstance(drafter, DraftModel) or family == "smollm2":  # random text seldom repeats itself
@@ -278,19 +310,48 @@ def test_ngram_proposes_what_followed_the_latest_occurrence():
     assert NgramDrafter.propose(history, 0) == []
 
 
-def test_adaptive_draft_length_is_bounded():
+def test_decode_costs_are_fitted_from_decodes_of_several_sizes():
+    costs = DecodeCosts()
+    for _ in range(10):
+        costs.observe_decode(5, 0.008 + 0.0055 * 5)
+    assert costs.fit() is None  # one size only: the cost of a row cannot be told apart
+    for rows in (1, 3, 9, 1, 5, 2) * 3:
+        costs.observe_decode(rows, 0.008 + 0.0055 * rows)
+    first, per_row = costs.fit()
+    assert first == pytest.approx(0.008, abs=0.0005) and per_row == pytest.approx(0.0055, abs=0.0002)
+    costs.observe_draft(4, 0.02)
+    costs.observe_draft(2, 0.02)
+    assert costs.draft_token == pytest.approx(0.7 * 0.005 + 0.3 * 0.01)
+
+
+def test_draft_length_follows_what_a_step_yields_for_what_it_costs():
+    # verify rows nearly free (a GPU): draft long when drafts are good, a little when they are not
+    assert best_length(0.9, own_row=0.010, extra_row=0.0005) >= 8
+    assert 1 <= best_length(0.3, own_row=0.010, extra_row=0.0005) <= 3
+    # each verify row costs 60% of a step (batched kernels that save nothing): drafting at an
+    # acceptance of one half loses, at 0.9 it wins
+    assert best_length(0.5, own_row=0.008, extra_row=0.0048) == 0
+    assert best_length(0.9, own_row=0.008, extra_row=0.0048) > 0
+    # a draft model as slow as the model itself never pays
+    assert best_length(0.95, own_row=0.010, extra_row=0.0025 + 0.010) == 0
+
+
+def test_a_draft_state_stops_drafting_where_it_loses_and_probes_again():
+    costs = DecodeCosts()
+    for rows in (1, 2, 5, 9) * 5:  # each verify row costs 5 ms of an 8 ms step
+        costs.observe_decode(rows, 0.003 + 0.005 * rows)
     state = DraftState()
-    for _ in range(20):
-        state.record(state.length, state.length)
-    assert state.length == 16
-    state.record(16, 1)
-    assert state.length == 2
-    for _ in range(5):
-        state.record(state.length, 0)
-    assert state.length == 1
+    for _ in range(10):
+        state.record(2, 1)  # one drafted token in two accepted: not worth 60% of a step
+    lengths = [state.length(costs) for _ in range(100)]
+    assert lengths.count(0) >= 95 and 1 in lengths  # plain steps, with an occasional probe
+    for _ in range(10):
+        state.record(8, 8)  # the answer starts copying its input
+    assert state.length(costs) >= 3
+    assert (state.drafted, state.accepted) == (100, 90)
     fixed = DraftState(fixed=5)
     fixed.record(5, 0)
-    assert fixed.length == 5 and fixed.drafted == 5
+    assert fixed.length(costs) == 5 and fixed.drafted == 5
 
 
 def test_incompatible_vocabulary_is_named(smollm2_path, tiny_r1_gguf, tiny_target):

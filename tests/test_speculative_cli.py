@@ -18,6 +18,7 @@ from tests.cli_helpers import cli
 
 PROMPT = "Count from 1 to 12."
 GREEDY = ["--temperature", "0", "--max-tokens", "24", "--threads", "1"]
+EVERY_STEP = ["--draft-max", "4"]  # draft on every step, whether or not drafting pays on this machine
 
 
 def done_stats(stdout: str) -> dict:
@@ -37,7 +38,7 @@ def test_run_with_a_draft_gives_the_same_answer(smollm2_path, capsys, draft):
     code, plain, _ = cli(["run", smollm2_path, PROMPT, "--json", *GREEDY], capsys)
     assert code == 0
     spec_arg = str(smollm2_path) if draft == "self" else "ngram"
-    code, fast, err = cli(["run", smollm2_path, PROMPT, "--json", *GREEDY, "--draft", spec_arg], capsys)
+    code, fast, err = cli(["run", smollm2_path, PROMPT, "--json", *GREEDY, "--draft", spec_arg, *EVERY_STEP], capsys)
     assert code == 0, err
     assert answer_of(fast) == answer_of(plain)
     stats, base = done_stats(fast), done_stats(plain)
@@ -50,7 +51,7 @@ def test_run_tiny_r1_with_itself_as_draft(tiny_r1_gguf, capsys):
     """The R1 path: think prefix, reasoning split; the same events with a draft."""
     args = ["run", tiny_r1_gguf, PROMPT, "--json", *GREEDY, "--repeat-penalty", "1.0"]
     code, plain, _ = cli(args, capsys)
-    code2, fast, err = cli([*args, "--draft", tiny_r1_gguf], capsys)
+    code2, fast, err = cli([*args, "--draft", tiny_r1_gguf, *EVERY_STEP], capsys)
     assert code == code2 == 0, err
     strip = lambda out: [(e["type"], e.get("text")) for e in map(json.loads, out.splitlines()) if e["type"] != "done"]  # noqa: E731
     assert strip(fast) == strip(plain) and any(kind == "reasoning" for kind, _ in strip(plain))
@@ -119,7 +120,7 @@ def test_batch_parallel_4_with_a_draft_writes_the_same_rows(smollm2_path, tmp_pa
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(prompts)))
     answers = []
-    for extra in ([], ["--draft", str(smollm2_path)], ["--draft", "ngram"]):
+    for extra in ([], ["--draft", str(smollm2_path), *EVERY_STEP], ["--draft", "ngram", *EVERY_STEP]):
         out = tmp_path / f"out{len(answers)}.jsonl"
         code, _, err = cli(["batch", src, "-o", out, "--model", smollm2_path, "--parallel", "4", "--n-ctx", "512",
                             *GREEDY, *extra], capsys)
@@ -139,7 +140,8 @@ def test_serve_with_a_draft_answers_like_without(smollm2_path):
     with open_scheduler(smollm2_path, parallel=4, seq_ctx=512, n_threads=1) as plain:
         want = [plain.submit([{"role": "user", "content": p}], params).result(300).answer for p in prompts]
         plain.engine.close()
-    scheduler = open_scheduler(smollm2_path, parallel=4, seq_ctx=512, n_threads=1, draft=str(smollm2_path))
+    scheduler = open_scheduler(smollm2_path, parallel=4, seq_ctx=512, n_threads=1, draft=str(smollm2_path),
+                               draft_max=4)
     assert scheduler.speculation is not None and scheduler.speculation.name == smollm2_path.name
     server = Server(scheduler, port=0)
     server.start()

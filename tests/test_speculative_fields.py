@@ -12,7 +12,7 @@ import pytest
 from edgeds.runtime import Engine, GenerationParams
 from edgeds.runtime.speculative import NgramDrafter
 from edgeds.runtime.structured import schema_grammar
-from tests.test_speculative import THREADS, drafted_engine, tokens_of
+from tests.test_speculative import FIXED, THREADS, drafted_engine, tokens_of
 
 SCHEMA = {
     "type": "object",
@@ -99,7 +99,8 @@ def test_the_scheduler_with_ngram_drafts_keeps_schemas_and_stops(smollm2_path, s
                 GenerationParams(max_tokens=40, temperature=0, stop=(_stop_in(whole.answer),))]
     results = []
     for draft in (None, "ngram"):
-        scheduler = open_scheduler(smollm2_path, parallel=2, seq_ctx=512, n_threads=THREADS, draft=draft)
+        scheduler = open_scheduler(smollm2_path, parallel=2, seq_ctx=512, n_threads=THREADS, draft=draft,
+                                   draft_max=FIXED if draft else None)
         try:
             futures = [scheduler.submit([{"role": "user", "content": p}], params) for p, params in zip(prompts, requests)]
             results.append([f.result(300) for f in futures])

@@ -31,8 +31,9 @@ Draft = typer.Option(None, "--draft", metavar="MODEL|ngram|auto", help="Speculat
                      "with the same vocabulary (GGUF file or registry id) drafts tokens that the model checks in one "
                      "batch; ngram drafts from the prompt and output themselves (prompt lookup); auto uses the "
                      "registry's draft for the model when it is downloaded and fits. The output stays the same.")
-DraftMax = typer.Option(None, "--draft-max", min=1, max=64, help="Tokens drafted per step with --draft "
-                        "(default: adaptive, 1-16: more after a full accept, fewer after an early rejection).")
+DraftMax = typer.Option(None, "--draft-max", min=1, max=64, help="Tokens drafted on every step with --draft "
+                        "(default: chosen each step, 0-16, from the measured cost of a decode, of a drafted token and "
+                        "the acceptance rate: none where drafting does not pay).")
 RepeatPenalty = typer.Option(None, "--repeat-penalty", min=1.0, max=2.0, help="Penalise tokens seen in the last "
                              "64 (1.0: off, the default of registry models; 1.1 for other GGUFs).")
 ReasoningBudget = typer.Option(None, "--reasoning-budget", min=0, metavar="N", help="Most reasoning tokens; then "

@@ -17,6 +17,7 @@ model, chat template and defaults.
 from __future__ import annotations
 
 import queue
+import time
 import threading
 from collections import deque
 from typing import Callable, Iterator
@@ -266,7 +267,10 @@ class Scheduler:
         # In seq order: llama.cpp (KV streams apart) puts only runs of consecutive seq ids in one
         # ubatch, so slots in the order they were refilled made one step several graph runs.
         items.sort(key=lambda item: item[2])  # stable: a sequence's own rows keep their order
+        started = time.perf_counter()
         self.ctx.decode(items)
+        if self.speculation:
+            self.speculation.costs.observe_decode(len(items), time.perf_counter() - started)
         first_rows: dict[int, int] = {}  # seq → its first row with logits (a verify step has several)
         for row, item in enumerate(items):
             if item[3]:
@@ -290,9 +294,13 @@ class Scheduler:
         if not asks:
             return {}
         share = (self.n_batch - len(running)) // len(asks)
-        requests = [(s.seq, s.tokens, min(s.draft.length, share, self.seq_ctx - s.pos - 2,
-                                          s.request.params.max_tokens - s.generated - 1)) for s in asks]
-        return dict(zip((s.seq for s in asks), self.speculation.drafter.propose_many(requests)))
+        lengths = [min(s.draft.length(self.speculation.costs, len(running)), share, self.seq_ctx - s.pos - 2,
+                       s.request.params.max_tokens - s.generated - 1) for s in asks]
+        asks = [(s, n) for s, n in zip(asks, lengths) if n > 0]
+        if not asks:
+            return {}
+        drafts = self.speculation.propose([(s.seq, s.tokens, n) for s, n in asks])
+        return {s.seq: draft for (s, _), draft in zip(asks, drafts)}
 
     def _verify(self, slot: _Slot, row: int, draft: list[int]) -> None:
         """Take the samples of a slot's verify rows (speculative.verify); drop rejected KV."""

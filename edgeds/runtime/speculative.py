@@ -15,10 +15,17 @@ is trimmed to the accepted tokens when it drafts next.
 Drafters: `DraftModel` (a second, smaller GGUF with the same vocabulary, run greedily in its
 own llama.cpp context with one sequence per slot) and `NgramDrafter` (prompt lookup: what
 followed the latest earlier occurrence of the last few tokens of prompt + output).
+
+How many tokens to draft (`DraftState.length`) is chosen each step from measured costs
+(`DecodeCosts`): a step with n drafts yields 1 + p + … + pⁿ tokens on average and costs a row
+of its own plus n verify rows and n drafted tokens. Where verify rows cost most of a step (a
+CPU whose batched kernels save nothing) or the drafter costs what the model does, that is none.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -30,7 +37,10 @@ from edgeds.llamacpp.binding import Context, Model
 
 VOCAB_MAX_DIFFERENCE = 128  # llama.cpp's rule (common/speculative.cpp): padded vocabularies differ a little
 TEXT_CHECKS = 4096  # token texts compared between the two vocabularies, spread over the shared ids
-DRAFT_START, DRAFT_MIN, DRAFT_MAX = 4, 1, 16  # adaptive draft length: start, bounds
+DRAFT_START, DRAFT_MAX = 4, 16  # draft length before the costs are known; the longest
+PRIOR_ACCEPTANCE, PRIOR_WEIGHT = 0.5, 2.0  # before any draft was checked; worth two drafted tokens
+ACCEPTANCE_FADE = 0.9  # per step: acceptance follows the text being written
+PROBE_FIRST, PROBE_LAST = 16, 256  # plain steps before trying a draft again (doubling while it fails)
 NGRAM_SIZES = (4, 3, 2)  # prompt lookup tries the longest tail first
 # Request fields whose per-token handling reads the model's logits for the token just sampled:
 # those requests decode plainly (a field named here that GenerationParams lacks is never set).
@@ -82,6 +92,7 @@ class NgramDrafter:
     its input (summaries, edits, code)."""
 
     name = "ngram"
+    probes = True  # a try after plain steps costs nothing but its verify rows
 
     def propose_many(self, requests: Sequence[tuple[int, Sequence[int], int]]) -> list[list[int]]:
         return [self.propose(history, n) for _, history, n in requests]
@@ -117,6 +128,8 @@ class DraftModel:
     per slot). Its KV follows each sequence's history: before drafting it keeps the longest
     prefix it already holds and decodes the rest, so rejected drafts are dropped there too."""
 
+    probes = False  # a try after plain steps first decodes every token it missed
+
     def __init__(self, model: Model, *, target_vocab: int, seq_ctx: int, n_seq: int = 1,
                  n_threads: int | None = None, owns_model: bool = True):
         self.model = model
@@ -126,6 +139,7 @@ class DraftModel:
         self.ctx = Context(model, n_ctx=seq_ctx * n_seq, n_seq_max=n_seq, n_threads=n_threads, kv_unified=False)
         self.owns_model = owns_model
         self._cached: dict[int, list[int]] = {}  # per sequence: tokens whose KV is in self.ctx
+        self.decoded = 0  # rows the last propose_many decoded (catching up on histories included)
         self._limit = min(model.n_vocab, target_vocab)  # never propose an id the model lacks
 
     def for_slots(self, n_seq: int, seq_ctx: int, n_threads: int | None) -> "DraftModel":
@@ -137,6 +151,7 @@ class DraftModel:
         """Greedy drafts for (seq, history, n) requests, decoded together one step at a time
         (the first step also decodes what each sequence's KV lacks of its history)."""
         drafts: list[list[int]] = [[] for _ in requests]
+        self.decoded = 0
         wanted: dict[int, int] = {}  # request index → tokens to draft
         # (request index, tokens to decode first without logits, token, pos): a row of the next step
         pending: list[tuple[int, list[int], int, int]] = []
@@ -161,6 +176,7 @@ class DraftModel:
                 rows.append(len(items))
                 items.append((token, pos, seq, True))
             self.ctx.decode(items)
+            self.decoded += len(items)
             following = []
             for row, (i, lead, token, pos) in zip(rows, pending):
                 self._cached[requests[i][0]] += lead + [token]
@@ -195,6 +211,7 @@ class DraftModel:
         for lo in range(0, len(tokens), self.ctx.n_batch):
             chunk = list(tokens[lo:lo + self.ctx.n_batch])
             self.ctx.decode([(t, start + lo + j, seq, False) for j, t in enumerate(chunk)])
+            self.decoded += len(chunk)
             self._cached[seq] += chunk
 
     def close(self) -> None:
@@ -204,43 +221,127 @@ class DraftModel:
 
 
 # ---------------------------------------------------------------------------------------------
-# The draft length and the verify step
+# The draft length: what a step is likely to yield for what it costs on this machine
+
+
+@dataclass
+class DecodeCosts:
+    """What decoding and drafting cost here, learnt as generations run (older figures fade).
+
+    A decode of r rows takes about `first + r * per_row` seconds: fitted by least squares over
+    recent decodes. Whether a verify row is nearly free (a GPU, a CPU whose batched kernels
+    reuse each weight they load) or costs most of a step (a CPU without them) decides whether
+    drafting pays, so it is measured, not assumed."""
+
+    fade: float = 0.95  # each new decode counts 1, the one before 0.95, ...
+    draft_token: float = 0.0  # seconds a drafter takes per drafted token
+    _sums: list[float] = field(default_factory=lambda: [0.0] * 5)  # weight, Σr, Σt, Σr², Σrt
+    _per_row: float | None = None
+
+    def observe_decode(self, rows: int, seconds: float) -> None:
+        w = self._sums
+        for i, value in enumerate((1.0, rows, seconds, rows * rows, rows * seconds)):
+            w[i] = w[i] * self.fade + value
+
+    def observe_draft(self, tokens: int, seconds: float) -> None:
+        if tokens:
+            per_token = seconds / tokens
+            self.draft_token = per_token if not self.draft_token else 0.7 * self.draft_token + 0.3 * per_token
+
+    def fit(self) -> tuple[float, float] | None:
+        """(first, per_row) seconds, or None until decodes of different sizes were seen."""
+        n, r, t, rr, rt = self._sums
+        spread = n * rr - r * r  # n² × the variance of the row counts
+        if n >= 2 and spread >= 0.1 * n * n:
+            self._per_row = max(0.0, (n * rt - r * t) / spread)
+        elif self._per_row is None:
+            return None
+        # (nearly) all recent decodes of one size: the cost of a row is the last one fitted
+        return max(0.0, (t - self._per_row * r) / n), self._per_row
+
+
+def best_length(acceptance: float, own_row: float, extra_row: float, longest: int = DRAFT_MAX) -> int:
+    """The draft length n (0: none) with the most tokens expected per second: a step yields
+    1 + p + p² + … + pⁿ tokens on average (p: how often a drafted token is accepted) and costs
+    `own_row` plus `extra_row` per drafted token."""
+    best, best_rate = 0, 1.0 / own_row if own_row > 0 else math.inf
+    expected, term = 1.0, 1.0
+    for n in range(1, longest + 1):
+        term *= acceptance
+        expected += term
+        rate = expected / (own_row + n * extra_row)
+        if rate > best_rate:
+            best, best_rate = n, rate
+    return best
 
 
 @dataclass
 class DraftState:
-    """One generation's speculation: its draft length (adaptive unless fixed) and counts."""
+    """One generation's speculation: how often its drafts are accepted (recent steps count
+    more), its counts, and when to try drafting again after a run of plain steps."""
 
-    fixed: int | None = None
-    length: int = DRAFT_START
+    fixed: int | None = None  # --draft-max: always this many
+    probes: bool = True  # whether to try a draft again after plain steps
+    prior: float = PRIOR_ACCEPTANCE  # the acceptance expected before this generation's first draft
     drafted: int = 0
     accepted: int = 0
+    _hits: float = 0.0  # faded: drafted tokens accepted
+    _tries: float = 0.0  # faded: drafted tokens up to and including each step's first miss
+    _plain: int = 0  # plain steps since the last draft
+    _probe_after: int = PROBE_FIRST
+    _unfit_steps: int = 0
 
     def __post_init__(self) -> None:
+        self._hits, self._tries = PRIOR_WEIGHT * self.prior, PRIOR_WEIGHT
+
+    @property
+    def acceptance(self) -> float:
+        return self._hits / self._tries
+
+    def length(self, costs: DecodeCosts, rows_sharing: int = 1) -> int:
+        """How many tokens to draft for the next step. `rows_sharing`: the pending rows of all
+        sequences in that step, which share its fixed cost."""
         if self.fixed:
-            self.length = self.fixed
+            return self.fixed
+        fit = costs.fit()
+        if fit is None:  # draft every other step, so that decodes of two sizes get measured
+            self._unfit_steps += 1
+            return DRAFT_START if self._unfit_steps % 2 else 0
+        first, per_row = fit
+        own_row, extra_row = first / rows_sharing + per_row, per_row + costs.draft_token
+        n = best_length(self.acceptance, own_row, extra_row)
+        if n:
+            self._plain, self._probe_after = 0, PROBE_FIRST
+            return n
+        if not self.probes or not best_length(1.0, own_row, extra_row):
+            return 0  # drafting cannot pay here even if every drafted token were accepted
+        self._plain += 1
+        if self._plain < self._probe_after:
+            return 0
+        # drafts may have grown better (the answer started copying its input): try one
+        self._plain, self._probe_after = 0, min(2 * self._probe_after, PROBE_LAST)
+        return 1
 
     def record(self, drafted: int, accepted: int) -> None:
-        """Grow after a full accept, shrink after a rejection in the draft's first half."""
         self.drafted += drafted
         self.accepted += accepted
-        if self.fixed or not drafted:
-            return
-        if accepted == drafted:
-            self.length = min(DRAFT_MAX, self.length + 2)
-        elif 2 * accepted < drafted:
-            self.length = max(DRAFT_MIN, accepted + 1)
+        if drafted:
+            self._hits = self._hits * ACCEPTANCE_FADE + accepted
+            self._tries = self._tries * ACCEPTANCE_FADE + accepted + (accepted < drafted)
 
 
 @dataclass
 class Speculation:
-    """A drafter and the draft-length setting; an Engine's (or a Scheduler's, one sequence per
-    slot). `drafted`/`accepted` count over its lifetime (the chat header's acceptance rate)."""
+    """A drafter, the draft-length setting and what decoding costs; an Engine's (or a
+    Scheduler's, one sequence per slot). `drafted`/`accepted` count over its lifetime (the chat
+    header's acceptance rate)."""
 
     drafter: DraftModel | NgramDrafter
-    draft_max: int | None = None  # fixed draft length; None: adaptive
+    draft_max: int | None = None  # fixed draft length; None: chosen each step from the costs
     drafted: int = field(default=0)
     accepted: int = field(default=0)
+    costs: DecodeCosts = field(default_factory=DecodeCosts)
+    _tries: int = 0  # drafted tokens up to and including each step's first miss, over its lifetime
 
     @property
     def name(self) -> str:
@@ -256,12 +357,27 @@ class Speculation:
         return not any(getattr(params, name, None) for name in PLAIN_DECODING_FIELDS)
 
     def start(self) -> DraftState:
-        return DraftState(fixed=self.draft_max)
+        """A generation's state, expecting the acceptance its earlier generations had."""
+        prior = self.accepted / self._tries if self._tries else PRIOR_ACCEPTANCE
+        return DraftState(fixed=self.draft_max, probes=self.drafter.probes, prior=prior)
+
+    def propose(self, requests: Sequence[tuple[int, Sequence[int], int]]) -> list[list[int]]:
+        """The drafter's proposals for (seq, history, n) requests, timed."""
+        started = time.perf_counter()
+        drafts = self.drafter.propose_many(requests)
+        seconds, drafted = time.perf_counter() - started, sum(map(len, drafts))
+        # Drafting steadily, a draft model decodes about one row per drafted token; a call that
+        # first caught up on a long history (a new prompt) ran one large batch, which says
+        # little of what a drafted token costs.
+        if drafted <= getattr(self.drafter, "decoded", drafted) <= 2 * drafted:
+            self.costs.observe_draft(drafted, seconds)
+        return drafts
 
     def record(self, state: DraftState, drafted: int, accepted: int) -> None:
         state.record(drafted, accepted)
         self.drafted += drafted
         self.accepted += accepted
+        self._tries += accepted + (accepted < drafted)
 
     def for_slots(self, n_seq: int, seq_ctx: int, n_threads: int | None = None) -> "Speculation":
         return Speculation(self.drafter.for_slots(n_seq, seq_ctx, n_threads), self.draft_max)
@@ -287,11 +403,14 @@ def verify(draw: Callable[[Context, int], int], ctx: Context, rows: Sequence[int
 def speculate(spec: Speculation, state: DraftState, ctx: Context, draw: Callable[[Context, int], int],
               history: list[int], pos: int, room: int, seq: int = 0) -> list[int]:
     """One step of one sequence: decode its pending token history[-1] at `pos` with up to `room`
-    drafted tokens after it, sample, and drop the KV of the rejected drafts. Returns the samples
-    (see `verify`); all but the last are in the KV cache, the last is the new pending token."""
-    n = min(state.length, room, ctx.n_batch - 1)
-    draft = spec.drafter.propose_many([(seq, history, n)])[0] if n > 0 else []
+    drafted tokens after it (none where drafting does not pay), sample, and drop the KV of the
+    rejected drafts. Returns the samples (see `verify`); all but the last are in the KV cache,
+    the last is the new pending token."""
+    n = min(state.length(spec.costs), room, ctx.n_batch - 1)
+    draft = spec.propose([(seq, history, n)])[0] if n > 0 else []
+    started = time.perf_counter()
     ctx.decode([(history[-1], pos, seq, True)] + [(t, pos + 1 + i, seq, True) for i, t in enumerate(draft)])
+    spec.costs.observe_decode(1 + len(draft), time.perf_counter() - started)
     out = verify(draw, ctx, range(len(draft) + 1), draft)
     ctx.forget(seq, pos + len(out))
     spec.record(state, len(draft), len(out) - 1)

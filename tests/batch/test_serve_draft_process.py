@@ -17,6 +17,7 @@ from tests.test_speculative import smol_requant  # noqa: F401 - the draft model 
 PROMPTS = ["Count from 1 to 12.", "Name three colours.",
            "Repeat exactly: the quick brown fox jumps over the lazy dog, the quick brown fox jumps over the lazy dog."]
 OPTIONS = ("--parallel", "3", "--n-ctx", "512", "--threads", "1")
+EVERY_STEP = ("--draft-max", "4")  # draft on every step, whether or not drafting pays on this machine
 
 
 def replies(url: str) -> list[tuple]:
@@ -48,7 +49,7 @@ def test_serve_with_a_draft_process_answers_like_without(smollm2_path, smol_requ
     assert want[-1][0] != want[-1][1]  # the two choices were sampled apart
     # the draft model as a process; ngram drafts through serve are in test_speculative_cli (in process)
     log = tmp_path / "draft.log"
-    with serving(smollm2_path, log, *OPTIONS, "--draft", str(smol_requant)) as (_, url):
+    with serving(smollm2_path, log, *OPTIONS, "--draft", str(smol_requant), *EVERY_STEP) as (_, url):
         assert f"drafts: {smol_requant.name}" in log.read_text()
         assert replies(url) == want
 
@@ -64,7 +65,7 @@ def test_tiny_r1_serve_process_and_batch_with_a_draft(tiny_r1_gguf, tmp_path, ca
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(prompts)))
     rows = []
-    for extra in ([], ["--draft", str(tiny_r1_gguf)]):
+    for extra in ([], ["--draft", str(tiny_r1_gguf), *EVERY_STEP]):
         out = tmp_path / f"out{len(rows)}.jsonl"
         code, _, err = cli(["batch", src, "-o", out, "--model", tiny_r1_gguf, "--parallel", "4", "--n-ctx", "512",
                             *greedy, *extra], capsys)
@@ -84,6 +85,6 @@ def test_tiny_r1_serve_process_and_batch_with_a_draft(tiny_r1_gguf, tmp_path, ca
 
     with serving(tiny_r1_gguf, tmp_path / "plain.log", *OPTIONS) as (_, url):
         want = ask(url)
-    with serving(tiny_r1_gguf, tmp_path / "draft.log", *OPTIONS, "--draft", str(tiny_r1_gguf)) as (_, url):
+    with serving(tiny_r1_gguf, tmp_path / "draft.log", *OPTIONS, "--draft", str(tiny_r1_gguf), *EVERY_STEP) as (_, url):
         assert ask(url) == want
     assert any(reasoning for _, reasoning, _ in want)
