@@ -15,6 +15,7 @@ what it reads.
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 import threading
@@ -253,10 +254,10 @@ class HangupWatch:
                     return
                 watched = dict(self._watched)
             for key in self._readable(watched):
-                sock, on_hangup = watched[key]
-                self.unwatch(key)
-                if _hung_up(sock):
-                    on_hangup()
+                with self._lock:  # a request that ended meanwhile is no longer watched
+                    entry = self._watched.pop(key, None)
+                if entry is not None and _hung_up(entry[0]):
+                    entry[1]()
 
     def _readable(self, watched: dict[int, tuple[socket.socket, Callable[[], None]]]) -> list[int]:
         with selectors.DefaultSelector() as selector:
@@ -270,10 +271,22 @@ class HangupWatch:
 
 
 def _hung_up(sock: socket.socket) -> bool:
-    """A readable socket: end of stream (or reset) means the client is gone."""
+    """A readable socket: end of stream (or reset) means the client is gone.
+
+    The peek must not wait. What made the socket readable may have been read meanwhile by the
+    request's handler (its client's next request on a kept-alive connection), and a peek
+    through the socket, which has the handler's read timeout, would wait that long for more,
+    with every other request's hang-up unwatched. So it peeks through a duplicate of the socket
+    without a timeout, with MSG_DONTWAIT where the platform has it."""
     try:
-        return sock.recv(1, socket.MSG_PEEK) == b""
+        probe = socket.socket(fileno=os.dup(sock.fileno()))
+    except OSError:  # closed meanwhile
+        return True
+    try:
+        return probe.recv(1, socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)) == b""
     except BlockingIOError:
         return False
     except OSError:
         return True
+    finally:
+        probe.close()

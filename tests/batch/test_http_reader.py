@@ -123,3 +123,24 @@ def test_a_client_that_hangs_up_is_noticed():
         watch.close()
         for sock in (*gone, *stays):
             sock.close()
+
+
+def test_a_readable_client_whose_bytes_were_taken_is_not_waited_on():
+    """Found as: a kept-alive client's next request made its socket readable, the handler read it
+    first, and the watcher's peek waited out the handler's read timeout (then took the client
+    for gone): meanwhile no other hang-up was noticed, and closing the watch waited too."""
+    from edgeds.serving.http import _hung_up
+
+    server, client = socket.socketpair()
+    try:
+        server.settimeout(5)  # the handler's read timeout is on the socket
+        started = time.monotonic()
+        assert not _hung_up(server)  # live, nothing to read: no wait, no hang-up
+        client.sendall(b"GET")
+        assert not _hung_up(server) and server.recv(3) == b"GET"  # the peek left the bytes for the handler
+        assert time.monotonic() - started < 1
+        assert server.gettimeout() == 5
+        client.close()
+        assert _hung_up(server)
+    finally:
+        server.close()
