@@ -104,7 +104,7 @@ def test_a_draft_gives_the_same_calls(tiny_r1_gguf, client):
     asks = [dict(tool_choice="required", seed=21, **REQUEST),
             dict(tool_choice=named("get_weather"), seed=22, temperature=0, **REQUEST)]
     want = [client.chat.completions.create(**ask).choices[0] for ask in asks]
-    scheduler = open_scheduler(tiny_r1_gguf, parallel=2, seq_ctx=2048, draft=str(tiny_r1_gguf), draft_max=4)
+    scheduler = open_scheduler(tiny_r1_gguf, parallel=2, seq_ctx=2048, draft=str(tiny_r1_gguf), draft_max=2)
     server = Server(scheduler, port=0)
     server.start()
     try:
