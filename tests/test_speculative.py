@@ -195,11 +195,14 @@ def test_scheduler_parallel_4_is_token_for_token_the_same(smollm2_path, smol_req
 
     plain = run(None)
     vocab = Model(target, LoadOptions(vocab_only=True)).n_vocab
-    for drafter in (DraftModel(Model(draft), target_vocab=vocab, seq_ctx=256, n_threads=THREADS), NgramDrafter()):
+    drafters = [DraftModel(Model(draft), target_vocab=vocab, seq_ctx=256, n_threads=THREADS)]
+    if family == "tiny-r1":  # ngram drafts for SmolLM2 through batch --parallel 4: test_speculative_cli
+        drafters.append(NgramDrafter())
+    for drafter in drafters:
         spec = run(Speculation(drafter, FIXED))
         assert [c.answer for c in spec] == [c.answer for c in plain]
         assert [c.stats.completion_tokens for c in spec] == [c.stats.completion_tokens for c in plain]
-        if isinstance(drafter, DraftModel) or family == "smollm2":  # random text seldom repeats itself
+        if isinstance(drafter, DraftModel):  # the tiny model's random text seldom repeats itself
             assert sum(c.stats.accepted_tokens for c in spec) > 0
 
 

@@ -119,7 +119,7 @@ def test_batch_parallel_4_with_a_draft_writes_the_same_rows(smollm2_path, tmp_pa
     prompts = ["Name three colours.", PROMPT, "Write a haiku about rain.", "What is 7 times 8?", "Say hello."]
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(prompts)))
-    answers = []
+    answers, drafted = [], []
     for extra in ([], ["--draft", str(smollm2_path), *EVERY_STEP], ["--draft", "ngram", *EVERY_STEP]):
         out = tmp_path / f"out{len(answers)}.jsonl"
         code, _, err = cli(["batch", src, "-o", out, "--model", smollm2_path, "--parallel", "4", "--n-ctx", "512",
@@ -127,7 +127,10 @@ def test_batch_parallel_4_with_a_draft_writes_the_same_rows(smollm2_path, tmp_pa
         assert code == 0, err
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         answers.append([(r["id"], r["answer"], r["usage"]["answer_tokens"]) for r in rows])
+        drafted.append(sum(r["usage"]["draft_tokens"] for r in rows))
+        assert all(0 <= r["usage"]["accepted_tokens"] <= r["usage"]["draft_tokens"] for r in rows)
     assert answers[1] == answers[0] and answers[2] == answers[0]
+    assert drafted[0] == 0 and drafted[1] > 0 and drafted[2] > 0
 
 
 @pytest.mark.slow
@@ -147,11 +150,13 @@ def test_serve_with_a_draft_answers_like_without(smollm2_path):
     server.start()
     try:
         got: dict[int, str] = {}
+        details: list[dict] = []
 
         def ask(i: int) -> None:
             status, reply, _ = post(server.url, {"messages": [{"role": "user", "content": prompts[i]}],
                                                  "max_tokens": 24, "temperature": 0})
             got[i] = reply["choices"][0]["message"]["content"] if status == 200 else f"HTTP {status}: {reply}"
+            details.append(reply["usage"]["completion_tokens_details"] if status == 200 else {})
 
         threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
         for t in threads:
@@ -160,6 +165,10 @@ def test_serve_with_a_draft_answers_like_without(smollm2_path):
             t.join(300)
         assert [got[i] for i in range(len(prompts))] == want
         assert scheduler.speculation.drafted > 0
+        # the drafts, in the fields OpenAI counts a predicted output's tokens in
+        assert sum(d["accepted_prediction_tokens"] for d in details) == scheduler.speculation.accepted
+        assert sum(d["accepted_prediction_tokens"] + d["rejected_prediction_tokens"] for d in details) \
+            == scheduler.speculation.drafted
     finally:
         server.shutdown()
         scheduler.close()

@@ -185,6 +185,8 @@ def result_row(row: Row, completion: Completion) -> dict:
             "prompt_tokens": stats.prompt_tokens,
             "reasoning_tokens": stats.reasoning_tokens,
             "answer_tokens": stats.answer_tokens,
+            "draft_tokens": stats.draft_tokens,
+            "accepted_tokens": stats.accepted_tokens,
         },
         "timing": {"ttft_s": stats.ttft_s, "decode_tok_s": stats.decode_tok_s},
         "error": None,

@@ -14,27 +14,27 @@ FINISH_FROM_WIRE = {"stop": "stop", "length": "length", "eos": "stop", "content_
 
 def usage(stats: Stats) -> dict:
     """`usage` of a reply; reasoning tokens in `completion_tokens_details`, as DeepSeek's API does,
-    prompt tokens served from the prefix cache in `prompt_tokens_details.cached_tokens`, as OpenAI's does."""
-    return {
-        "prompt_tokens": stats.prompt_tokens,
-        "completion_tokens": stats.completion_tokens,
-        "total_tokens": stats.prompt_tokens + stats.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": stats.reasoning_tokens},
-    }
+    prompt tokens served from the prefix cache in `prompt_tokens_details.cached_tokens`, as OpenAI's does.
+    Speculative drafts go where OpenAI counts a predicted output's tokens: those the model kept
+    in `accepted_prediction_tokens`, the others in `rejected_prediction_tokens`."""
+    return total_usage([stats])
+
+
+def _completion_details(stats: list[Stats]) -> dict:
+    accepted = sum(s.accepted_tokens for s in stats)
+    return {"reasoning_tokens": sum(s.reasoning_tokens for s in stats), "accepted_prediction_tokens": accepted,
+            "rejected_prediction_tokens": sum(s.draft_tokens for s in stats) - accepted}
 
 
 def total_usage(stats: Iterable[Stats]) -> dict:
     """`usage` of a reply with several choices: their generated tokens summed, the prompt counted
     once (as OpenAI does), with the cached part of the choice that reused the most."""
     stats = list(stats)
-    if len(stats) == 1:
-        return usage(stats[0])
     prompt = max((s.prompt_tokens for s in stats), default=0)
     completion = sum(s.completion_tokens for s in stats)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": max((s.cached_tokens for s in stats), default=0)},
-            "completion_tokens_details": {"reasoning_tokens": sum(s.reasoning_tokens for s in stats)}}
+            "completion_tokens_details": _completion_details(stats)}
 
 
 def logprobs_of(events: Iterable) -> dict:
