@@ -17,8 +17,8 @@ model, chat template and defaults.
 from __future__ import annotations
 
 import queue
-import time
 import threading
+import time
 from collections import deque
 from typing import Callable, Iterator
 

@@ -20,21 +20,18 @@ def usage(stats: Stats) -> dict:
     return total_usage([stats])
 
 
-def _completion_details(stats: list[Stats]) -> dict:
-    accepted = sum(s.accepted_tokens for s in stats)
-    return {"reasoning_tokens": sum(s.reasoning_tokens for s in stats), "accepted_prediction_tokens": accepted,
-            "rejected_prediction_tokens": sum(s.draft_tokens for s in stats) - accepted}
-
-
 def total_usage(stats: Iterable[Stats]) -> dict:
     """`usage` of a reply with several choices: their generated tokens summed, the prompt counted
     once (as OpenAI does), with the cached part of the choice that reused the most."""
     stats = list(stats)
     prompt = max((s.prompt_tokens for s in stats), default=0)
     completion = sum(s.completion_tokens for s in stats)
+    accepted = sum(s.accepted_tokens for s in stats)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": max((s.cached_tokens for s in stats), default=0)},
-            "completion_tokens_details": _completion_details(stats)}
+            "completion_tokens_details": {"reasoning_tokens": sum(s.reasoning_tokens for s in stats),
+                                          "accepted_prediction_tokens": accepted,
+                                          "rejected_prediction_tokens": sum(s.draft_tokens for s in stats) - accepted}}
 
 
 def logprobs_of(events: Iterable) -> dict:
