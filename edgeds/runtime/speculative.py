@@ -233,7 +233,7 @@ class DecodeCosts:
     reuse each weight they load) or costs most of a step (a CPU without them) decides whether
     drafting pays, so it is measured, not assumed."""
 
-    fade: float = 0.95  # each new decode counts 1, the one before 0.95, ...
+    fade: float = 0.98  # each new decode counts 1, the one before 0.98, ...
     draft_token: float = 0.0  # seconds a drafter takes per drafted token
     _sums: list[float] = field(default_factory=lambda: [0.0] * 5)  # weight, Σr, Σt, Σr², Σrt
     _per_row: float | None = None
@@ -357,8 +357,9 @@ class Speculation:
         return not any(getattr(params, name, None) for name in PLAIN_DECODING_FIELDS)
 
     def start(self) -> DraftState:
-        """A generation's state, expecting the acceptance its earlier generations had."""
-        prior = self.accepted / self._tries if self._tries else PRIOR_ACCEPTANCE
+        """A generation's state, expecting the acceptance its earlier generations had (drawn
+        toward PRIOR_ACCEPTANCE while they drafted little)."""
+        prior = (self.accepted + PRIOR_WEIGHT * PRIOR_ACCEPTANCE) / (self._tries + PRIOR_WEIGHT)
         return DraftState(fixed=self.draft_max, probes=self.drafter.probes, prior=prior)
 
     def propose(self, requests: Sequence[tuple[int, Sequence[int], int]]) -> list[list[int]]:
