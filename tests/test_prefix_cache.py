@@ -4,13 +4,13 @@ with nothing cached (greedy, SmolLM2 Q4_1)."""
 
 from __future__ import annotations
 
-import openai
 import pytest
 
 from edgeds.runtime import Engine, GenerationParams
 from edgeds.runtime.prefix_cache import EXACT_TAIL, common_prefix
 from edgeds.runtime.scheduler import Scheduler
 from edgeds.serving.server import Server
+from tests.in_process_server import openai_client
 
 SYSTEM = " ".join(f"Rule {i}: answer in one short sentence and name the rule you follow." for i in range(60))
 GREEDY = GenerationParams(max_tokens=8, temperature=0.0)
@@ -82,17 +82,13 @@ def test_requests_submitted_together_decode_the_shared_prefix_once(engine, share
 
 def test_serve_reports_cached_tokens(engine, shared_len):
     with Scheduler(engine, parallel=1, seq_ctx=1280) as scheduler:
-        server = Server(scheduler, port=0)
-        server.start()
-        try:
-            client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=300)
+        with Server(scheduler, port=0) as server:
+            client = openai_client(server.url, timeout=300)
             replies = [client.chat.completions.create(model="any", messages=chat(q), max_tokens=4, temperature=0)
                        for q in ("What is two plus two?", "Name a colour.")]
             chunks = list(client.chat.completions.create(model="any", messages=chat("Name a fruit."), max_tokens=4,
                                                          temperature=0, stream=True,
                                                          stream_options={"include_usage": True}))
-        finally:
-            server.shutdown()
     assert replies[0].usage.prompt_tokens_details.cached_tokens == 0
     second = replies[1].usage
     assert second.prompt_tokens_details.cached_tokens == min(shared_len, second.prompt_tokens - EXACT_TAIL)

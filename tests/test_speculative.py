@@ -3,7 +3,6 @@ never which tokens come out (greedy: the very same tokens; sampled: the same dis
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -13,7 +12,6 @@ import pytest
 from edgeds.errors import UsageError
 from edgeds.events import collect
 from edgeds.llamacpp.binding import LoadOptions, Model, Sampler, SamplingParams
-from edgeds.loader import open_engine, open_scheduler
 from edgeds.runtime import Engine, GenerationParams
 from edgeds.runtime.scheduler import Scheduler
 from edgeds.runtime.speculative import (DecodeCosts, DraftModel, DraftState, NgramDrafter, Speculation, best_length,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -135,7 +134,6 @@ def test_batch_parallel_4_with_a_draft_writes_the_same_rows(smollm2_path, tmp_pa
 
 @pytest.mark.slow
 def test_serve_with_a_draft_answers_like_without(smollm2_path):
-    from tests.serve_process import post
     from edgeds.serving.server import Server
 
     prompts = ["Name three colours.", PROMPT, "Write a haiku about rain.", "Say hello."]
@@ -146,23 +144,9 @@ def test_serve_with_a_draft_answers_like_without(smollm2_path):
     scheduler = open_scheduler(smollm2_path, parallel=4, seq_ctx=512, n_threads=1, draft=str(smollm2_path),
                                draft_max=4)
     assert scheduler.speculation is not None and scheduler.speculation.name == smollm2_path.name
-    server = Server(scheduler, port=0)
-    server.start()
     try:
-        got: dict[int, str] = {}
-        details: list[dict] = []
-
-        def ask(i: int) -> None:
-            status, reply, _ = post(server.url, {"messages": [{"role": "user", "content": prompts[i]}],
-                                                 "max_tokens": 24, "temperature": 0})
-            got[i] = reply["choices"][0]["message"]["content"] if status == 200 else f"HTTP {status}: {reply}"
-            details.append(reply["usage"]["completion_tokens_details"] if status == 200 else {})
-
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
+        with Server(scheduler, port=0) as server:
+            got, details = ask_at_once(server, prompts)
         assert [got[i] for i in range(len(prompts))] == want
         assert scheduler.speculation.drafted > 0
         # the drafts, in the fields OpenAI counts a predicted output's tokens in
@@ -170,9 +154,29 @@ def test_serve_with_a_draft_answers_like_without(smollm2_path):
         assert sum(d["accepted_prediction_tokens"] + d["rejected_prediction_tokens"] for d in details) \
             == scheduler.speculation.drafted
     finally:
-        server.shutdown()
         scheduler.close()
         scheduler.engine.close()
+
+
+def ask_at_once(server, prompts: list[str]) -> tuple[dict[int, str], list[dict]]:
+    """The replies to `prompts` asked all at once, and their completion_tokens_details."""
+    from tests.serve_process import post
+
+    got: dict[int, str] = {}
+    details: list[dict] = []
+
+    def ask(i: int) -> None:
+        status, reply, _ = post(server.url, {"messages": [{"role": "user", "content": prompts[i]}],
+                                             "max_tokens": 24, "temperature": 0})
+        got[i] = reply["choices"][0]["message"]["content"] if status == 200 else f"HTTP {status}: {reply}"
+        details.append(reply["usage"]["completion_tokens_details"] if status == 200 else {})
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return got, details
 
 
 # -- registry, placement, header ------------------------------------------------------------

@@ -124,12 +124,8 @@ def server(reference_r1_gguf):
     from edgeds.loader import open_scheduler
     from edgeds.serving.server import Server
 
-    scheduler = open_scheduler(reference_r1_gguf, parallel=2, seq_ctx=512)
-    server = Server(scheduler, port=0)
-    server.start()
-    yield server
-    server.shutdown()
-    scheduler.close()
+    with open_scheduler(reference_r1_gguf, parallel=2, seq_ctx=512) as scheduler, Server(scheduler, port=0) as server:
+        yield server
     scheduler.engine.close()
 
 

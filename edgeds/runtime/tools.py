@@ -187,7 +187,7 @@ def _check_choice(choice: Any, names: list[str]) -> tuple[str, str | None]:
         return choice, None
     if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(choice.get("function"), dict):
         raise RequestError("tool_choice", "'tool_choice' must be none, auto, required or "
-                           f'{{"type": "function", "function": {{"name": ...}}}}')
+                           '{"type": "function", "function": {"name": ...}}')
     name = choice["function"].get("name")
     if not isinstance(name, str):
         raise RequestError("tool_choice.function.name", "tool_choice.function.name must be a string")

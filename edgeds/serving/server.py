@@ -221,6 +221,14 @@ class Server:
         self.httpd.server_close()
         self.hangups.close()
 
+    def __enter__(self) -> "Server":
+        """Serving on a background thread until the block ends."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
     def admit(self) -> None:
         """Take a place among the requests that run or wait; ApiError 503 when all are taken."""
         if not self._admitted.acquire(blocking=False):

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, TextIO
 
-from edgeds.events import Answer, Done, Event, Reasoning, Stats, to_dict
+from edgeds.events import Done, Event, Reasoning, Stats, to_dict
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 CLEAR_LINE = "\r\x1b[2K"

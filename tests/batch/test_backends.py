@@ -23,12 +23,10 @@ def backends(smollm2_path):
     engine = Engine(smollm2_path, n_ctx=256)
     served_engine = Engine(smollm2_path, n_ctx=256)
     scheduler = Scheduler(served_engine, parallel=2, seq_ctx=256)
-    server = Server(scheduler, port=0)
-    server.start()
-    remote = RemoteBackend(server.url, parallel=1)
-    yield {"engine": engine, "scheduler": scheduler, "remote": remote, "url": server.url}
-    remote.close()
-    server.shutdown()
+    with Server(scheduler, port=0) as server:
+        remote = RemoteBackend(server.url, parallel=1)
+        yield {"engine": engine, "scheduler": scheduler, "remote": remote, "url": server.url}
+        remote.close()
     scheduler.close()
     served_engine.close()
     engine.close()

@@ -11,10 +11,8 @@ import jsonschema
 import openai
 import pytest
 
-from edgeds.runtime import Engine
-from edgeds.runtime.scheduler import Scheduler
 from edgeds.serving.chat_fields import EXTENSIONS, OPENAI_FIELDS
-from edgeds.serving.server import Server
+from tests.in_process_server import openai_client, served
 from tests.serve_process import post
 
 SCHEMA = {
@@ -31,27 +29,19 @@ GREEDY = {"temperature": 0, "extra_body": {"repeat_penalty": 1.0}}  # raw argmax
 @pytest.fixture(scope="module")
 def smol(smollm2_path):
     """SmolLM2 behind the server, 3 slots."""
-    with Engine(smollm2_path, n_ctx=256) as engine:
-        with Scheduler(engine, parallel=3, seq_ctx=512) as scheduler:
-            server = Server(scheduler, port=0)
-            server.start()
-            yield server
-            server.shutdown()
+    with served(smollm2_path, parallel=3, seq_ctx=512) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def r1(tiny_r1_gguf):
     """The tiny R1-tokenizer model (its replies open a think block it never closes by itself)."""
-    with Engine(tiny_r1_gguf, n_ctx=256) as engine:
-        with Scheduler(engine, parallel=2, seq_ctx=512) as scheduler:
-            server = Server(scheduler, port=0)
-            server.start()
-            yield server
-            server.shutdown()
+    with served(tiny_r1_gguf, parallel=2, seq_ctx=512) as server:
+        yield server
 
 
 def client_of(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    return openai_client(server.url)
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,10 @@ inside the reasoning does not stop it; the answer's logprobs have the greedy tok
 
 from __future__ import annotations
 
-import openai
 import pytest
 
-from edgeds.runtime import Engine
-from edgeds.runtime.scheduler import Scheduler
-from edgeds.serving.server import Server
 from tests.batch.test_fields import _split_stop
+from tests.in_process_server import openai_client, served
 
 HI = [{"role": "user", "content": "Hi"}]
 GREEDY = dict(model="any", messages=HI, max_tokens=24, temperature=0,
@@ -20,12 +17,8 @@ GREEDY = dict(model="any", messages=HI, max_tokens=24, temperature=0,
 
 @pytest.fixture(scope="module")
 def client(tiny_r1_gguf):
-    with Engine(tiny_r1_gguf, n_ctx=256) as engine:
-        with Scheduler(engine, parallel=1, seq_ctx=512) as scheduler:
-            server = Server(scheduler, port=0)
-            server.start()
-            yield openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
-            server.shutdown()
+    with served(tiny_r1_gguf, parallel=1, seq_ctx=512) as server:
+        yield openai_client(server.url)
 
 
 @pytest.fixture(scope="module")

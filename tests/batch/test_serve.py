@@ -17,10 +17,9 @@ import pytest
 
 from edgeds.serving.batch import run_batch
 from edgeds.serving.remote import RemoteBackend
-from edgeds.runtime import Engine, GenerationParams
-from edgeds.runtime.scheduler import Scheduler
-from edgeds.serving.server import Server
+from edgeds.runtime import GenerationParams
 from tests.conftest import REPO, THINK_GRAMMAR
+from tests.in_process_server import openai_client, served
 
 KEY = "sk-test-edgeds"
 
@@ -28,29 +27,21 @@ KEY = "sk-test-edgeds"
 @pytest.fixture(scope="module")
 def tiny_server(tiny_r1_gguf):
     """The tiny R1-tokenizer model behind `edgeds serve`'s server, 2 slots, with an API key."""
-    with Engine(tiny_r1_gguf, n_ctx=256) as engine:
-        with Scheduler(engine, parallel=2, seq_ctx=512) as scheduler:
-            server = Server(scheduler, port=0, api_key=KEY)
-            server.start()
-            yield server
-            server.shutdown()
+    with served(tiny_r1_gguf, parallel=2, seq_ctx=512, server_options={"api_key": KEY}) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def smol_server(smollm2_path):
     """SmolLM2 (Q4_1) behind the server: its quantized matmuls give the same logits whatever
     runs beside a sequence, so sharing slots must not change a seeded reply."""
-    with Engine(smollm2_path, n_ctx=256) as engine:
-        with Scheduler(engine, parallel=2, seq_ctx=512) as scheduler:
-            server = Server(scheduler, port=0)
-            server.start()
-            yield server
-            server.shutdown()
+    with served(smollm2_path, parallel=2, seq_ctx=512) as server:
+        yield server
 
 
 @pytest.fixture
 def client(tiny_server):
-    return openai.OpenAI(base_url=tiny_server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    return openai_client(tiny_server.url, api_key=KEY, timeout=60)
 
 
 def think(**extra):
@@ -101,7 +92,7 @@ def test_max_tokens_gives_length(client):
 
 
 def test_api_key_required(tiny_server):
-    bad = openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="wrong", max_retries=0)
+    bad = openai_client(tiny_server.url, api_key="wrong")
     with pytest.raises(openai.AuthenticationError) as exc:
         bad.chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}])
     assert exc.value.status_code == 401 and exc.value.body["code"] == "invalid_api_key"
@@ -137,7 +128,7 @@ def test_malformed_json_gets_400(tiny_server):
 
 @pytest.mark.slow
 def test_two_concurrent_clients_both_finish(smol_server):
-    client = openai.OpenAI(base_url=smol_server.url + "/v1", api_key="none", max_retries=0, timeout=60)
+    client = openai_client(smol_server.url, timeout=60)
     results: dict[int, dict] = {}
     started = threading.Barrier(2)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-import openai
 import pytest
 
+from tests.in_process_server import openai_client
 from tests.serve_process import serving
 from tests.test_speculative import smol_requant  # noqa: F401 - the draft model fixture
 
@@ -22,7 +22,7 @@ EVERY_STEP = ("--draft-max", "4")  # draft on every step, whether or not draftin
 
 def replies(url: str) -> list[tuple]:
     """(content, finish_reason, completion tokens, streamed content) of each prompt, asked at once."""
-    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
+    client = openai_client(url, timeout=300)
     request = dict(model="any", max_tokens=32, temperature=0)
 
     def ask(prompt: str) -> tuple:
@@ -75,7 +75,7 @@ def test_tiny_r1_serve_process_and_batch_with_a_draft(tiny_r1_gguf, tmp_path, ca
     assert rows[1] == rows[0] and any(reasoning for _, reasoning, _, _ in rows[0])
 
     def ask(url: str) -> list[tuple]:
-        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
+        client = openai_client(url, timeout=300)
         with ThreadPoolExecutor(3) as pool:
             replies = pool.map(lambda p: client.chat.completions.create(
                 model="any", messages=[{"role": "user", "content": p}], max_tokens=24, temperature=0,

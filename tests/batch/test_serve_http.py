@@ -17,6 +17,7 @@ from edgeds.runtime import Engine
 from edgeds.runtime.scheduler import Scheduler
 from edgeds.serving.cors import CorsPolicy, check_origin
 from edgeds.serving.server import Server, model_id_of
+from tests.in_process_server import openai_client
 
 KEY = "sk-http"
 PAGE = "http://localhost:3000"
@@ -35,24 +36,20 @@ def scheduler(smollm2_path):
 @pytest.fixture(scope="module")
 def plain(scheduler):
     """No API key, no CORS, served as ALIAS."""
-    server = Server(scheduler, port=0, model_id=ALIAS)
-    server.start()
-    yield server
-    server.shutdown()
+    with Server(scheduler, port=0, model_id=ALIAS) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def guarded(scheduler):
     """An API key, and CORS for PAGE only."""
-    server = Server(scheduler, port=0, api_key=KEY, cors=CorsPolicy((check_origin(PAGE),)))
-    server.start()
-    yield server
-    server.shutdown()
+    with Server(scheduler, port=0, api_key=KEY, cors=CorsPolicy((check_origin(PAGE),))) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def client(plain):
-    return openai.OpenAI(base_url=plain.url + "/v1", api_key="none", max_retries=0, timeout=60)
+    return openai_client(plain.url, timeout=60)
 
 
 def call(url: str, method: str = "GET", body: dict | None = None, **headers: str) -> tuple[int, dict, bytes]:

@@ -13,10 +13,8 @@ import jsonschema
 import openai
 import pytest
 
-from edgeds.runtime import Engine
-from edgeds.runtime.scheduler import Scheduler
-from edgeds.serving.server import Server
 from tests.conftest import R1_QWEN_TOKENIZER, V3_TOKENIZER
+from tests.in_process_server import openai_client, served
 
 WEATHER = {
     "type": "function",
@@ -47,17 +45,13 @@ ASK = [{"role": "user", "content": "What is the weather in Paris for the next 3 
 @pytest.fixture(scope="module")
 def tool_server(tiny_r1_gguf):
     """The tiny R1 model without the think prefix: a grammar then applies from the first token."""
-    with Engine(tiny_r1_gguf, n_ctx=256, think_prefix=False) as engine:
-        with Scheduler(engine, parallel=2, seq_ctx=2048) as scheduler:
-            server = Server(scheduler, port=0)
-            server.start()
-            yield server
-            server.shutdown()
+    with served(tiny_r1_gguf, parallel=2, seq_ctx=2048, think_prefix=False) as server:
+        yield server
 
 
 @pytest.fixture
 def client(tool_server):
-    return openai.OpenAI(base_url=tool_server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    return openai_client(tool_server.url)
 
 
 def named(name: str) -> dict:
@@ -130,16 +124,12 @@ def v3_template_server(tiny_r1_gguf):
     token by token (under the R1 template without the think prefix it is held back to the end,
     in case a bare </think> shows it was reasoning)."""
     v3 = json.loads((V3_TOKENIZER / "tokenizer_config.json").read_text())["chat_template"]
-    with Engine(tiny_r1_gguf, n_ctx=256, chat_template=v3) as engine:
-        with Scheduler(engine, parallel=1, seq_ctx=2048) as scheduler:
-            server = Server(scheduler, port=0)
-            server.start()
-            yield server
-            server.shutdown()
+    with served(tiny_r1_gguf, parallel=1, seq_ctx=2048, chat_template=v3) as server:
+        yield server
 
 
 def test_call_arguments_stream_in_fragments(v3_template_server):
-    client = openai.OpenAI(base_url=v3_template_server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    client = openai_client(v3_template_server.url)
     deltas = []
     for chunk in client.chat.completions.create(model="any", messages=ASK, tools=[WEATHER], tool_choice="required",
                                                 parallel_tool_calls=False, max_tokens=200, seed=7, stream=True):
@@ -197,16 +187,12 @@ def post(server, body: dict) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def smol_server(smollm2_path):
-    with Engine(smollm2_path, n_ctx=256) as engine:
-        with Scheduler(engine, parallel=1, seq_ctx=512) as scheduler:
-            server = Server(scheduler, port=0, model_id="smollm2")
-            server.start()
-            yield server
-            server.shutdown()
+    with served(smollm2_path, parallel=1, seq_ctx=512, server_options={"model_id": "smollm2"}) as server:
+        yield server
 
 
 def test_a_model_without_tool_calling_refuses_tools(smol_server):
-    client = openai.OpenAI(base_url=smol_server.url + "/v1", api_key="none", max_retries=0, timeout=60)
+    client = openai_client(smol_server.url, timeout=60)
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="smollm2", messages=ASK, tools=[WEATHER], max_tokens=4)
     assert caught.value.body["param"] == "tools"

@@ -5,29 +5,25 @@ its own call block."""
 
 from __future__ import annotations
 
-import openai
 import pytest
 
 from edgeds.runtime import Engine
 from edgeds.runtime.scheduler import Scheduler
 from edgeds.serving.server import Server
+from tests.in_process_server import openai_client, served
 from tests.batch.test_tool_calls import ASK, CLOCK, WEATHER, check_call, named
 
 
 @pytest.fixture(scope="module")
 def thinking_server(tiny_r1_gguf):
     """The tiny R1 model as shipped: its generation prompt opens a think block."""
-    with Engine(tiny_r1_gguf, n_ctx=256) as engine:
-        with Scheduler(engine, parallel=3, seq_ctx=2048) as scheduler:
-            server = Server(scheduler, port=0)
-            server.start()
-            yield server
-            server.shutdown()
+    with served(tiny_r1_gguf, parallel=3, seq_ctx=2048) as server:
+        yield server
 
 
 @pytest.fixture
 def client(thinking_server):
-    return openai.OpenAI(base_url=thinking_server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    return openai_client(thinking_server.url)
 
 
 REQUEST = dict(model="any", messages=ASK, tools=[WEATHER, CLOCK], parallel_tool_calls=False,
@@ -105,19 +101,17 @@ def test_a_draft_gives_the_same_calls(tiny_r1_gguf, client):
             dict(tool_choice=named("get_weather"), seed=22, temperature=0, **REQUEST)]
     want = [client.chat.completions.create(**ask).choices[0] for ask in asks]
     scheduler = open_scheduler(tiny_r1_gguf, parallel=2, seq_ctx=2048, draft=str(tiny_r1_gguf), draft_max=2)
-    server = Server(scheduler, port=0)
-    server.start()
     try:
-        fast = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
-        for ask, expected in zip(asks, want):
-            got = fast.chat.completions.create(**ask).choices[0]
-            assert got.finish_reason == expected.finish_reason == "tool_calls"
-            assert [(c.function.name, c.function.arguments) for c in got.message.tool_calls] == \
-                [(c.function.name, c.function.arguments) for c in expected.message.tool_calls]
-            assert got.message.model_extra["reasoning_content"] == expected.message.model_extra["reasoning_content"]
+        with Server(scheduler, port=0) as server:
+            fast = openai_client(server.url)
+            for ask, expected in zip(asks, want):
+                got = fast.chat.completions.create(**ask).choices[0]
+                assert got.finish_reason == expected.finish_reason == "tool_calls"
+                assert [(c.function.name, c.function.arguments) for c in got.message.tool_calls] == \
+                    [(c.function.name, c.function.arguments) for c in expected.message.tool_calls]
+                assert got.message.model_extra["reasoning_content"] == expected.message.model_extra["reasoning_content"]
         assert scheduler.speculation.drafted > 0
     finally:
-        server.shutdown()
         scheduler.close()
         scheduler.engine.close()
 
